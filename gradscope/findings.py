@@ -1,0 +1,93 @@
+"""Findings and fixes: what the rules conclude, as small frozen records. No torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 0, "warning": 1, "error": 2}[self.value]
+
+
+class FixKind(str, Enum):
+    """The kinds of fix, exactly these strings (they are part of the JSON contract)."""
+
+    INIT = "init"
+    ACTIVATION = "activation"
+    BATCHNORM = "batchnorm"            # normalization layers: BatchNorm, LayerNorm
+    RESIDUAL = "residual"
+    CLIPPING = "clipping"
+    LEARNING_RATE = "learning_rate"
+    REGULARIZATION = "regularization"  # weight decay, L1, dropout
+    EARLY_STOPPING = "early_stopping"
+    DATA = "data"                      # more data, augmentation
+    CAPACITY = "capacity"              # bigger / deeper model
+    TRAIN_LONGER = "train_longer"
+    NORMALIZATION = "normalization"    # standardize the inputs
+
+
+class Code(str, Enum):
+    """Stable finding codes. A code never changes meaning once released; new ones are only added."""
+
+    VANISHING_GRADIENTS = "vanishing_gradients"
+    EXPLODING_GRADIENTS = "exploding_gradients"
+    DEAD_RELU = "dead_relu"
+    SATURATION = "saturation"
+    DIVERGENCE = "divergence"
+    OVERFITTING = "overfitting"
+    UNDERFITTING = "underfitting"
+    POOR_INIT = "poor_init"
+    UNNORMALIZED_INPUT = "unnormalized_input"
+    UNSTABLE_LOSS = "unstable_loss"
+    LEARNING_RATE = "learning_rate"
+
+
+@dataclass(frozen=True)
+class Fix:
+    kind: FixKind
+    summary: str        # one line
+    code: str = ""      # a snippet for this model, ready to paste
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "summary": self.summary, "code": self.code}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: Code
+    severity: Severity
+    title: str
+    message: str                       # carries the numbers and the threshold
+    layers: tuple[str, ...] = ()
+    steps: tuple[int, int] | None = None    # first and last step of the evidence
+    evidence: dict[str, Any] = field(default_factory=dict)
+    confidence: float = 1.0            # 0..1
+    fixes: tuple[Fix, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code.value, "severity": self.severity.value, "title": self.title,
+            "message": self.message, "layers": list(self.layers),
+            "steps": None if self.steps is None else list(self.steps),
+            "evidence": self.evidence, "confidence": round(float(self.confidence), 3),
+            "fixes": [f.to_dict() for f in self.fixes],
+        }
+
+
+@dataclass(frozen=True)
+class NotEvaluated:
+    """A rule that could not run on this run, and why (no validation loss → no overfitting verdict)."""
+
+    code: Code
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code.value, "reason": self.reason}

@@ -1,0 +1,214 @@
+"""A run as the rules see it: columns of plain numbers (numpy), no torch.
+
+``load(logdir)`` finds every run under ``logdir`` (the folder itself and its subfolders), reads each rank's
+gradscope log and the user's own TensorBoard scalars, and returns one ``Run`` per folder.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from gradscope.errors import GradscopeWarning, LogError
+from gradscope.records import (
+    LAYER_FIELDS,
+    PARAM_FIELDS,
+    Header,
+    InputStats,
+    LayerInfo,
+    NonFiniteRecord,
+    ParamInfo,
+)
+from gradscope.storage import RawLog, log_files, read_log
+
+CANONICAL_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "train_error", "val_error")
+"""Metric names the fit rules read (``scope.log(...)`` keys or mapped TensorBoard tags)."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One scalar over time: ``steps[i]`` → ``values[i]`` (NaN where the value was non-finite)."""
+
+    steps: np.ndarray   # (n,) int64
+    values: np.ndarray  # (n,) float64
+    source: str = "gradscope"   # "gradscope" (scope.log) or "tensorboard:<tag>"
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass
+class Run:
+    """Everything known about one training run, as arrays indexed [recorded step, layer|param]."""
+
+    name: str
+    path: Path
+    header: Header | None
+    layers: tuple[LayerInfo, ...] = ()
+    params: tuple[ParamInfo, ...] = ()
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # (S,)
+    layer_stats: dict[str, np.ndarray] = field(default_factory=dict)   # field -> (S, L), NaN = missing
+    param_stats: dict[str, np.ndarray] = field(default_factory=dict)   # field -> (S, P), NaN = missing
+    grad_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (S,) total grad norm, recorded
+    all_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))    # (K,) every step
+    all_grad_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))                # (K,)
+    lr: list[tuple[float, ...]] = field(default_factory=list)           # per recorded step
+    inputs: list[tuple[int, InputStats]] = field(default_factory=list)
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))           # (S,)
+    metrics: dict[str, Series] = field(default_factory=dict)
+    nonfinite: list[NonFiniteRecord] = field(default_factory=list)
+    completed: bool = False
+    problems: list[str] = field(default_factory=list)
+    ranks: int = 1
+
+    @property
+    def has_log(self) -> bool:
+        return self.header is not None
+
+    @property
+    def n_steps(self) -> int:
+        """Training steps seen (the last step index + 1), not just the recorded ones."""
+        last = [int(a[-1]) for a in (self.all_steps, self.steps) if a.size]
+        return max(last) + 1 if last else 0
+
+    def layer_index(self, name: str) -> int:
+        for i, la in enumerate(self.layers):
+            if la.name == name:
+                return i
+        raise KeyError(name)
+
+    def layer(self, field_name: str) -> np.ndarray:
+        """(S, L) array of one per-layer statistic."""
+        return self.layer_stats[field_name]
+
+    def param(self, field_name: str) -> np.ndarray:
+        """(S, P) array of one per-parameter statistic."""
+        return self.param_stats[field_name]
+
+
+def _rows_to_array(rows: list[tuple[tuple[float | None, ...] | None, ...]], width: int, n_fields: int) -> np.ndarray:
+    """Stack per-step positional rows into (S, width, n_fields) floats with NaN for null/missing."""
+    out = np.full((len(rows), width, n_fields), np.nan)
+    for s, step_rows in enumerate(rows):
+        for i, r in enumerate(step_rows[:width]):
+            if r is None:
+                continue
+            vals = [np.nan if v is None else v for v in r[:n_fields]]
+            out[s, i, : len(vals)] = vals
+    return out
+
+
+def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
+    """Columns from one rank's records."""
+    h = raw.header
+    layers = tuple(replace(la, act=raw.activations.get(la.name, la.act)) for la in h.layers)
+    steps = np.array([r.step for r in raw.steps], dtype=np.int64)
+    lf, pf = list(h.layer_fields), list(h.param_fields)
+    la = _rows_to_array([r.layers for r in raw.steps], len(layers), len(lf))
+    pa = _rows_to_array([r.params for r in raw.steps], len(h.params), len(pf))
+    layer_stats = {f: la[:, :, lf.index(f)] if f in lf else np.full(la.shape[:2], np.nan) for f in LAYER_FIELDS}
+    param_stats = {f: pa[:, :, pf.index(f)] if f in pf else np.full(pa.shape[:2], np.nan) for f in PARAM_FIELDS}
+    every: dict[int, float] = {}
+    for r in raw.steps:
+        for s, v in r.grad_norm_steps:
+            every[s] = np.nan if v is None else v
+        if r.step not in every and r.grad_norm is not None:
+            every[r.step] = r.grad_norm
+    all_steps = np.array(sorted(every), dtype=np.int64)
+    metrics: dict[str, list[tuple[int, float]]] = {}
+    for m in raw.metrics:
+        for k, v in m.values.items():
+            metrics.setdefault(k, []).append((m.step, np.nan if v is None else float(v)))
+    return Run(
+        name=name if name is not None else raw.path.parent.name,
+        path=raw.path.parent,
+        header=h,
+        layers=layers,
+        params=h.params,
+        steps=steps,
+        layer_stats=layer_stats,
+        param_stats=param_stats,
+        grad_norm=np.array([np.nan if r.grad_norm is None else r.grad_norm for r in raw.steps], dtype=float),
+        all_steps=all_steps,
+        all_grad_norm=np.array([every[s] for s in all_steps], dtype=float),
+        lr=[r.lr for r in raw.steps],
+        inputs=[(r.step, r.input) for r in raw.steps if r.input is not None],
+        skipped=np.array([r.skipped for r in raw.steps], dtype=bool),
+        metrics={k: Series(np.array([s for s, _ in v], dtype=np.int64), np.array([x for _, x in v], dtype=float))
+                 for k, v in metrics.items()},
+        nonfinite=list(raw.nonfinite),
+        completed=raw.close is not None,
+        problems=list(raw.problems),
+    )
+
+
+def _is_run_dir(d: Path) -> bool:
+    return bool(log_files(d)) or any(p.name.startswith("events.out.tfevents.") for p in d.iterdir() if p.is_file())
+
+
+def find_run_dirs(logdir: str | os.PathLike[str]) -> list[Path]:
+    """``logdir`` itself when it holds a run, and every subfolder that does, sorted."""
+    root = Path(logdir)
+    if not root.exists():
+        raise LogError(f"{root}: no such directory")
+    if root.is_file():
+        return [root.parent]
+    dirs = [root] if _is_run_dir(root) else []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames.sort()
+        for dn in dirnames:
+            sub = Path(dirpath) / dn
+            if _is_run_dir(sub):
+                dirs.append(sub)
+    return dirs
+
+
+def load_run(run_dir: str | os.PathLike[str], *, name: str | None = None, warn: bool = True) -> Run:
+    """One run folder: its gradscope log(s) and its TensorBoard scalars."""
+    from gradscope.merge import merge_ranks
+    from gradscope.tbscalars import canonical_metrics, read_scalars
+
+    d = Path(run_dir)
+    files = log_files(d)
+    runs = [run_from_log(read_log(f, warn=warn), name=name) for f in files]
+    run = merge_ranks(runs) if len(runs) > 1 else (runs[0] if runs else Run(name=name or d.name, path=d, header=None))
+    if name is not None:
+        run.name = name
+    scalars = read_scalars(d, warn=warn)
+    for key, series in canonical_metrics(scalars).items():
+        # The user's scope.log() wins over a TensorBoard tag of the same meaning: it is the explicit one.
+        run.metrics.setdefault(key, series)
+    for tag, series in scalars.items():
+        run.metrics.setdefault(f"tb:{tag}", series)
+    return run
+
+
+def load(logdir: str | os.PathLike[str], *, warn: bool = True) -> list[Run]:
+    """Every run under ``logdir``. Raises ``LogError`` when there is none."""
+    root = Path(logdir)
+    dirs = find_run_dirs(root)
+    if not dirs:
+        if root.is_dir() and not any(root.iterdir()):
+            raise LogError(f"{root}: empty directory, no gradscope log or TensorBoard scalars")
+        raise LogError(f"{root}: no gradscope log (gradscope.rank*.jsonl) or TensorBoard event files found")
+    runs = []
+    for d in dirs:
+        rel = d.relative_to(root) if d != root and root in d.parents else Path(".")
+        name = root.name if str(rel) == "." else str(rel)
+        runs.append(load_run(d, name=name, warn=warn))
+    return runs
+
+
+def iter_layers(run: Run, names: Iterable[str]) -> list[int]:
+    idx = {la.name: i for i, la in enumerate(run.layers)}
+    return [idx[n] for n in names if n in idx]
+
+
+def warn_problems(run: Run) -> None:
+    for p in run.problems:
+        warnings.warn(f"gradscope: {p}", GradscopeWarning, stacklevel=2)
