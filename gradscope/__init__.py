@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from gradscope.diagnose import Diagnosis, diagnose
     from gradscope.report import Report, report
     from gradscope.run import Run, load
-    from gradscope.thresholds import Thresholds
     from gradscope.scope import Watch, watch
+    from gradscope.thresholds import Thresholds
 
 _LAZY = {
     "watch": "gradscope.scope", "Watch": "gradscope.scope",

@@ -12,6 +12,7 @@ A log is JSON Lines, one record per line, each a JSON object with a ``kind``:
                  guesses), plus the total gradient norm of every step since the previous record.
 ``metrics``      user scalars from ``scope.log(...)``.
 ``nonfinite``    the first step and place where a NaN or Inf appeared.
+``grad_norms``   total gradient norms of the steps after the last ``step`` record, written by ``close()``.
 ``close``        written by ``close()``; its absence means the run crashed or is still running.
 
 Non-finite floats are written as ``null`` so every line is strict JSON (``jq`` and browsers read it);

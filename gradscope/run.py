@@ -119,6 +119,8 @@ def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
             every[s] = np.nan if v is None else v
         if r.step not in every and r.grad_norm is not None:
             every[r.step] = r.grad_norm
+    for s, v in raw.grad_norms:
+        every[s] = np.nan if v is None else v
     all_steps = np.array(sorted(every), dtype=np.int64)
     metrics: dict[str, list[tuple[int, float]]] = {}
     for m in raw.metrics:

@@ -173,12 +173,14 @@ class Watch:
         self._acc: dict[int, LayerAcc] = {}
         self._probes: list[tuple[int, torch.Tensor]] = []
         self._pgn: tuple[list[int], torch.Tensor] | None = None    # (param indices, norms) of this step
-        self._gn_hist: list[tuple[int, torch.Tensor]] = []         # (step, total grad norm) since last record
+        # Per-step checks since the last record, kept on the device and read at the next record (no host sync
+        # per step): (step, kind, indices, values) with kind 0 = layer-output probes, 1 = parameter gradient
+        # norms, 2 = model-output probes. The gradient norms also give the total gradient norm of every step.
+        self._checks: list[tuple[int, int, list[int], torch.Tensor]] = []
         self._snap: list[torch.Tensor] | None = None
         self._wnorm: torch.Tensor | None = None
         self._input: torch.Tensor | None = None
         self._last_active: dict[int, torch.Tensor] = {}
-        self._nf: torch.Tensor | None = None       # [first step, kind, index] on the device, -1 = none yet
         self._nf_written = False
         self._bwd_queued = False
         self._tracer: ActivationTracer | None = ActivationTracer()
@@ -237,7 +239,9 @@ class Watch:
         try:
             if self._open and (self._optimizer_ref is None or self._pgn is not None):
                 self._end_step()
-            self._flush_nonfinite()
+            tail = self._flush_checks()
+            if tail:   # total gradient norms of the steps after the last record
+                self._writer.write({"kind": "grad_norms", "steps": [[st, v] for st, v in tail]})
             self._writer.write(CloseRecord(step=self._step, time=time.perf_counter() - self._t0).to_dict())
         finally:
             for h in self._handles:
@@ -254,7 +258,7 @@ class Watch:
             self._snap = self._wnorm = self._input = None
             self._pgn = None
             self._last_active.clear()
-            self._gn_hist.clear()
+            self._checks.clear()
 
     def __enter__(self) -> Watch:
         return self
@@ -434,43 +438,49 @@ class Watch:
                 norms = torch.stack(torch._foreach_norm(grads))
             else:   # fp16/bf16 grads: norms in fp32, an fp16 norm overflows at 65504
                 norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
-            total = torch.linalg.vector_norm(norms)
             self._pgn = (idx, norms)
-            if self._gn_hist and self._gn_hist[-1][0] == self._step:
-                self._gn_hist[-1] = (self._step, total)   # another backward of the same step (accumulation)
-            else:
-                self._gn_hist.append((self._step, total))
-            if self.check_finite:
-                bad = ~torch.isfinite(norms)
-                self._update_nf(bad, kind=1, ids=idx)
+            if self._checks and self._checks[-1][:2] == (self._step, 1):
+                self._checks.pop()    # another backward in the same step (accumulation): the last one counts
+            self._checks.append((self._step, 1, idx, norms))
 
     # ------------------------------------------------------------------------------- non-finite values
     def _check_forward(self, outs: list[torch.Tensor]) -> None:
+        if self._nf_written:
+            return   # the first NaN/Inf is already known; later ones add nothing
         if self._probes:
-            ids = [i for i, _ in self._probes]
-            bad = ~torch.isfinite(torch.stack([p for _, p in self._probes]))
-            self._update_nf(bad, kind=0, ids=ids)
+            self._checks.append((self._step, 0, [i for i, _ in self._probes],
+                                 torch.stack([p for _, p in self._probes])))
         elif outs:
-            bad = ~torch.isfinite(torch.stack([finite_probe(t) for t in outs]))
-            self._update_nf(bad, kind=2, ids=list(range(len(outs))))
+            self._checks.append((self._step, 2, list(range(len(outs))),
+                                 torch.stack([finite_probe(t) for t in outs])))
 
-    def _update_nf(self, bad: torch.Tensor, *, kind: int, ids: list[int]) -> None:
-        """Remember the first step with a NaN/Inf and where, on the device: no host sync per step."""
-        dev = bad.device
-        if self._nf is None:
-            self._nf = torch.full((3,), -1, dtype=torch.int64, device=dev)
-        pos = bad.to(torch.uint8).argmax()
-        where = torch.tensor(ids, dtype=torch.int64, device=dev)[pos]
-        new = torch.stack([torch.tensor(self._step, device=dev), torch.tensor(kind, device=dev), where])
-        fresh = (self._nf[0] < 0) & bad.any()
-        self._nf = torch.where(fresh, new, self._nf)
+    def _read_checks(self, values: list[float], entries: list[tuple[int, int, list[int], int]]) -> list[
+            tuple[int, float | None]]:
+        """Host side of the per-step checks: note the first NaN/Inf, return (step, total grad norm) pairs."""
+        totals: list[tuple[int, float | None]] = []
+        off = 0
+        for step, kind, ids, n in entries:
+            chunk = values[off:off + n]
+            off += n
+            if kind == 1:
+                sq = sum(v * v for v in chunk)
+                totals.append((step, _finite(math.sqrt(sq)) if math.isfinite(sq) else None))
+            if not self._nf_written and self.check_finite:
+                bad = [i for i, v in zip(ids, chunk, strict=True) if not math.isfinite(v)]
+                if bad:
+                    self._note_nonfinite(step, kind, bad[0])
+        return totals
 
-    def _flush_nonfinite(self, nf: list[int] | None = None) -> None:
-        if self._nf_written or self._nf is None:
-            return
-        step, kind, where = nf if nf is not None else self._nf.tolist()
-        if step < 0:
-            return
+    def _flush_checks(self) -> list[tuple[int, float | None]]:
+        """Move the pending per-step checks to the host (one transfer) and act on them."""
+        if not self._checks:
+            return []
+        values = torch.cat([v.reshape(-1).to(torch.float64) for *_, v in self._checks]).tolist()
+        entries = [(s, k, ids, v.numel()) for s, k, ids, v in self._checks]
+        self._checks = []
+        return self._read_checks(values, entries)
+
+    def _note_nonfinite(self, step: int, kind: int, where: int) -> None:
         if kind == 1:
             rec = NonFiniteRecord(step=step, where="gradient", layer=self._param_layer[where],
                                   param=self._param_names[where])
@@ -516,15 +526,14 @@ class Watch:
                 new = [self._sample(i, p) for i, p in enumerate(self._params)]
                 put("dw", torch.stack(torch._foreach_norm(torch._foreach_sub(new, self._snap))))
                 put("w0", torch.stack(torch._foreach_norm(self._snap)))
-            if self._gn_hist:
-                put("hist", torch.stack([t for _, t in self._gn_hist]), [s for s, _ in self._gn_hist])
+            if self._checks:
+                put("checks", torch.cat([v.reshape(-1) for *_, v in self._checks]),
+                    [(s, k, ids, v.numel()) for s, k, ids, v in self._checks])
             if self._input is not None:
                 put("input", self._input)
-            if self._nf is not None and not self._nf_written:
-                put("nf", self._nf)
             values = torch.cat(pieces).tolist() if pieces else []   # the one host transfer of the step
         self._write_record(values, layout)
-        self._gn_hist = []
+        self._checks = []
 
     def _device(self) -> torch.device:
         for acc in self._acc.values():
@@ -544,10 +553,9 @@ class Watch:
             last = torch.full((units,), -1, dtype=torch.int64, device=acc.unit_max.device)
         last = torch.where(active, self._rec_idx, last)
         self._last_active[i] = last
-        if self._rec_idx + 1 >= self.dead_window:
-            dead = ((self._rec_idx - last) >= self.dead_window).sum()
-        else:
-            dead = nan
+        # Before the window has filled there is not enough evidence to call a unit dead.
+        enough = self._rec_idx + 1 >= self.dead_window
+        dead = ((self._rec_idx - last) >= self.dead_window).sum() if enough else nan
         if acc.unit_dsum is not None and acc.unit_n:
             per_unit = acc.unit_dsum / acc.unit_n
             saturated = (per_unit < self.saturation_derivative).sum()
@@ -581,14 +589,12 @@ class Watch:
                 dw = chunk
             elif what == "w0":
                 w0 = chunk
-            elif what == "hist":
-                hist = list(zip(extra, [_finite(v) for v in chunk], strict=True))
+            elif what == "checks":
+                hist = self._read_checks(chunk, extra)
             elif what == "input":
                 inp = InputStats(count=int(chunk[0]), mean=_finite(chunk[1]), std=_finite(chunk[2]),
                                  min=_finite(chunk[3]), max=_finite(chunk[4]), feature_std_min=_finite(chunk[5]),
                                  feature_std_max=_finite(chunk[6]), feature_mean_absmax=_finite(chunk[7]))
-            elif what == "nf":
-                self._flush_nonfinite([int(v) for v in chunk])
         param_rows: list[tuple[float | None, ...] | None] = []
         for j in range(n_params):
             g = pg[j]

@@ -92,6 +92,7 @@ class RawLog:
     metrics: list[MetricsRecord] = field(default_factory=list)
     nonfinite: list[NonFiniteRecord] = field(default_factory=list)
     close: CloseRecord | None = None
+    grad_norms: list[tuple[int, float | None]] = field(default_factory=list)   # steps after the last record
     problems: list[str] = field(default_factory=list)
 
 
@@ -141,6 +142,8 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
                 log.activations.update({str(k): str(v) for k, v in d.get("acts", {}).items()})
             elif kind == "nonfinite":
                 log.nonfinite.append(NonFiniteRecord.from_dict(d))
+            elif kind == "grad_norms":
+                log.grad_norms.extend((int(st), v) for st, v in d.get("steps", ()))
             elif kind == "close":
                 log.close = CloseRecord.from_dict(d)
             # Unknown kinds are from a newer writer of the same schema: skip them quietly.

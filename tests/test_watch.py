@@ -142,7 +142,7 @@ def test_architectures(tmp_path: Path, make, data) -> None:
     model = make()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = data()
-    with gradscope.watch(model, tmp_path, every=2) as scope:
+    with gradscope.watch(model, tmp_path, every=2):
         for _ in range(6):
             opt.zero_grad()
             out = model(x)
@@ -280,12 +280,13 @@ def test_every_and_layer_filter(tmp_path: Path) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with gradscope.watch(model, tmp_path, every=4, warmup=2, layers=["0", "2"], tensorboard=False) as scope:
         assert scope.layers == ["0", "2"]
-        for _ in range(13):
+        for _ in range(15):
             opt.zero_grad()
             model(torch.randn(2, 3)).sum().backward()
             opt.step()
     log = read_log(log_path(tmp_path))
     assert [r.step for r in log.steps] == [0, 1, 4, 8, 12]
+    assert [s for s, _ in log.grad_norms] == [13, 14]    # the tail after the last record, written by close()
     assert [la.name for la in log.header.layers] == ["0", "2"]
     assert len(log.header.params) == 6      # gradients of every parameter are still recorded
     every_step = [s for r in log.steps for s, _ in r.grad_norm_steps]
@@ -293,7 +294,7 @@ def test_every_and_layer_filter(tmp_path: Path) -> None:
 
 
 def test_bad_input(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="needs a torch.nn.Module, got str"):
+    with pytest.raises(TypeError, match=r"needs a torch\.nn\.Module, got str"):
         gradscope.watch("model", tmp_path)   # type: ignore[arg-type]
     blocker = tmp_path / "file"
     blocker.write_text("x")
