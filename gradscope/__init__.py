@@ -18,9 +18,12 @@ __version__ = "0.1.0"
 from gradscope.errors import GradscopeError, GradscopeWarning, LogError
 from gradscope.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 
+# Eager, not lazy: the submodule ``gradscope.report`` would otherwise shadow the function of the same name as
+# soon as anything imports it. Torch-free, like everything here but ``watch``.
+from gradscope.report import Report, report
+
 if TYPE_CHECKING:
     from gradscope.diagnose import Diagnosis, diagnose
-    from gradscope.report import Report, report
     from gradscope.run import Run, load
     from gradscope.scope import Watch, watch
     from gradscope.thresholds import Thresholds
@@ -28,7 +31,6 @@ if TYPE_CHECKING:
 _LAZY = {
     "watch": "gradscope.scope", "Watch": "gradscope.scope",
     "diagnose": "gradscope.diagnose", "Diagnosis": "gradscope.diagnose",
-    "report": "gradscope.report", "Report": "gradscope.report",
     "load": "gradscope.run", "Run": "gradscope.run",
     "Thresholds": "gradscope.thresholds",
 }
@@ -61,5 +63,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        obj = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = obj   # later lookups skip __getattr__
+        return obj
     raise AttributeError(f"module 'gradscope' has no attribute {name!r}")

@@ -9,19 +9,25 @@ A log is JSON Lines, one record per line, each a JSON object with a ``kind``:
 ``activations``  which activation function follows each layer, learned on the first training forward pass.
 ``step``         one recorded training step: per-layer and per-parameter statistics as positional rows in
                  the order of ``LAYER_FIELDS`` / ``PARAM_FIELDS`` (listed in the header, so a reader never
-                 guesses), plus the total gradient norm of every step since the previous record.
+                 guesses), plus the total gradient norm of every step since the previous record. The rows
+                 are packed as base64 of little-endian float32, row-major, NaN for missing: a 200-layer
+                 record is ~4,000 numbers, and parsing them as JSON text is what made a 10,000-step log take
+                 40 s to read; packed, it reads in about a second. Readers also accept plain nested arrays.
 ``metrics``      user scalars from ``scope.log(...)``.
 ``nonfinite``    the first step and place where a NaN or Inf appeared.
 ``grad_norms``   total gradient norms of the steps after the last ``step`` record, written by ``close()``.
 ``close``        written by ``close()``; its absence means the run crashed or is still running.
 
-Non-finite floats are written as ``null`` so every line is strict JSON (``jq`` and browsers read it);
-the ``nonfinite`` counts and records say what they were. See docs/log-format.md.
+Non-finite floats outside the packed rows are written as ``null`` so every line is strict JSON (``jq`` and
+browsers read it); the ``nonfinite`` counts and records say what they were. See docs/log-format.md.
 """
 
 from __future__ import annotations
 
+import array
+import base64
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -200,8 +206,8 @@ class StepRecord:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "kind": "step", "step": self.step, "time": round(self.time, 6),
-            "layers": [None if r is None else [_num(v) for v in r] for r in self.layers],
-            "params": [None if r is None else [_num(v) for v in r] for r in self.params],
+            "layers": encode_rows(self.layers, len(LAYER_FIELDS)),
+            "params": encode_rows(self.params, len(PARAM_FIELDS)),
             "grad_norm": _num(self.grad_norm),
             "grad_norm_steps": [[s, _num(v)] for s, v in self.grad_norm_steps],
         }
@@ -214,12 +220,13 @@ class StepRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StepRecord:
+    def from_dict(cls, d: Mapping[str, Any], *, layer_width: int = len(LAYER_FIELDS),
+                  param_width: int = len(PARAM_FIELDS)) -> StepRecord:
         inp = d.get("input")
         return cls(
             step=int(d["step"]), time=float(d.get("time", 0.0)),
-            layers=tuple(None if r is None else tuple(r) for r in d.get("layers", ())),
-            params=tuple(None if r is None else tuple(r) for r in d.get("params", ())),
+            layers=decode_rows(d.get("layers", ()), layer_width),
+            params=decode_rows(d.get("params", ()), param_width),
             grad_norm=d.get("grad_norm"),
             grad_norm_steps=tuple((int(s), v) for s, v in d.get("grad_norm_steps", ())),
             lr=tuple(d.get("lr", ())), input=None if inp is None else InputStats.from_dict(inp),
@@ -282,6 +289,42 @@ def _num(v: float | int | None) -> float | int | None:
         return None
     # 7 significant digits: float32 precision, and a third of repr()'s size on disk.
     return float(f"{v:.7g}")
+
+
+Row = tuple[float | None, ...]
+
+
+def encode_rows(rows: Sequence[Sequence[float | None] | None], width: int) -> str:
+    """Pack rows of ``width`` numbers as base64 of little-endian float32; None (and a missing row) → NaN."""
+    flat = array.array("f")
+    nan = float("nan")
+    for r in rows:
+        if r is None:
+            flat.extend([nan] * width)
+        else:
+            vals = [nan if v is None else float(v) for v in r[:width]]
+            flat.extend(vals + [nan] * (width - len(vals)))
+    if sys.byteorder == "big":
+        flat.byteswap()
+    return base64.b64encode(flat.tobytes()).decode("ascii")
+
+
+def decode_rows(packed: str | Sequence[Any], width: int) -> tuple[Row | None, ...]:
+    """Inverse of ``encode_rows`` (also accepts plain nested lists): an all-NaN row is None, NaN is None."""
+    if not isinstance(packed, str):
+        return tuple(None if r is None else tuple(r) for r in packed)
+    flat = array.array("f")
+    raw = base64.b64decode(packed.encode("ascii"), validate=True)
+    if width <= 0 or len(raw) % (4 * width):
+        raise ValueError(f"packed rows of {len(raw)} bytes do not divide into rows of {width} float32")
+    flat.frombytes(raw)
+    if sys.byteorder == "big":
+        flat.byteswap()
+    out: list[Row | None] = []
+    for i in range(0, len(flat), width):
+        row = tuple(None if math.isnan(v) else v for v in flat[i:i + width])
+        out.append(None if all(v is None for v in row) else row)
+    return tuple(out)
 
 
 def activations_record(acts: Mapping[str, str]) -> dict[str, Any]:

@@ -91,34 +91,23 @@ class Run:
         return self.param_stats[field_name]
 
 
-def _rows_to_array(rows: list[tuple[tuple[float | None, ...] | None, ...]], width: int, n_fields: int) -> np.ndarray:
-    """Stack per-step positional rows into (S, width, n_fields) floats with NaN for null/missing."""
-    out = np.full((len(rows), width, n_fields), np.nan)
-    for s, step_rows in enumerate(rows):
-        for i, r in enumerate(step_rows[:width]):
-            if r is None:
-                continue
-            vals = [np.nan if v is None else v for v in r[:n_fields]]
-            out[s, i, : len(vals)] = vals
-    return out
-
-
 def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
     """Columns from one rank's records."""
     h = raw.header
     layers = tuple(replace(la, act=raw.activations.get(la.name, la.act)) for la in h.layers)
-    steps = np.array([r.step for r in raw.steps], dtype=np.int64)
+    meta = raw.step_meta
+    steps = np.array([m.step for m in meta], dtype=np.int64)
     lf, pf = list(h.layer_fields), list(h.param_fields)
-    la = _rows_to_array([r.layers for r in raw.steps], len(layers), len(lf))
-    pa = _rows_to_array([r.params for r in raw.steps], len(h.params), len(pf))
+    la = raw.layer_array.astype(np.float64)
+    pa = raw.param_array.astype(np.float64)
     layer_stats = {f: la[:, :, lf.index(f)] if f in lf else np.full(la.shape[:2], np.nan) for f in LAYER_FIELDS}
     param_stats = {f: pa[:, :, pf.index(f)] if f in pf else np.full(pa.shape[:2], np.nan) for f in PARAM_FIELDS}
     every: dict[int, float] = {}
-    for r in raw.steps:
-        for s, v in r.grad_norm_steps:
+    for m in meta:
+        for s, v in m.grad_norm_steps:
             every[s] = np.nan if v is None else v
-        if r.step not in every and r.grad_norm is not None:
-            every[r.step] = r.grad_norm
+        if m.step not in every and m.grad_norm is not None:
+            every[m.step] = m.grad_norm
     for s, v in raw.grad_norms:
         every[s] = np.nan if v is None else v
     all_steps = np.array(sorted(every), dtype=np.int64)
@@ -135,12 +124,12 @@ def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
         steps=steps,
         layer_stats=layer_stats,
         param_stats=param_stats,
-        grad_norm=np.array([np.nan if r.grad_norm is None else r.grad_norm for r in raw.steps], dtype=float),
+        grad_norm=np.array([np.nan if m.grad_norm is None else m.grad_norm for m in meta], dtype=float),
         all_steps=all_steps,
         all_grad_norm=np.array([every[s] for s in all_steps], dtype=float),
-        lr=[r.lr for r in raw.steps],
-        inputs=[(r.step, r.input) for r in raw.steps if r.input is not None],
-        skipped=np.array([r.skipped for r in raw.steps], dtype=bool),
+        lr=[m.lr for m in meta],
+        inputs=[(m.step, m.input) for m in meta if m.input is not None],
+        skipped=np.array([m.skipped for m in meta], dtype=bool),
         metrics={k: Series(np.array([s for s, _ in v], dtype=np.int64), np.array([x for _, x in v], dtype=float))
                  for k, v in metrics.items()},
         nonfinite=list(raw.nonfinite),

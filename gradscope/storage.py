@@ -8,14 +8,19 @@ record); and it is plain data, never unpickled. No torch import here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 from gradscope.errors import GradscopeWarning, LogError
 from gradscope.records import (
@@ -24,6 +29,7 @@ from gradscope.records import (
     SCHEMA_VERSION,
     CloseRecord,
     Header,
+    InputStats,
     MetricsRecord,
     NonFiniteRecord,
     StepRecord,
@@ -82,18 +88,69 @@ class LogWriter:
 
 
 @dataclass
+class StepMeta:
+    """A step record without its rows (those are in ``RawLog.layer_array`` / ``param_array``)."""
+
+    step: int
+    time: float
+    grad_norm: float | None
+    grad_norm_steps: tuple[tuple[int, float | None], ...]
+    lr: tuple[float, ...]
+    input: InputStats | None
+    skipped: bool
+
+
+@dataclass
 class RawLog:
-    """Every intact record of one log file, in order, plus what was wrong with the rest."""
+    """Every intact record of one log file, in order, plus what was wrong with the rest.
+
+    Step rows are kept as arrays, ``layer_array[s, layer, field]`` and ``param_array[s, param, field]``
+    (float32, NaN = missing): building Python tuples for 200 layers × 10,000 steps took longer than the
+    whole report may. ``steps`` gives them as ``StepRecord`` objects on demand.
+    """
 
     path: Path
     header: Header
     activations: dict[str, str] = field(default_factory=dict)
-    steps: list[StepRecord] = field(default_factory=list)
+    step_meta: list[StepMeta] = field(default_factory=list)
+    layer_array: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=np.float32))
+    param_array: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=np.float32))
     metrics: list[MetricsRecord] = field(default_factory=list)
     nonfinite: list[NonFiniteRecord] = field(default_factory=list)
     close: CloseRecord | None = None
     grad_norms: list[tuple[int, float | None]] = field(default_factory=list)   # steps after the last record
     problems: list[str] = field(default_factory=list)
+
+    @cached_property
+    def steps(self) -> list[StepRecord]:
+        return [StepRecord(step=m.step, time=m.time, layers=_rows(self.layer_array[i]),
+                           params=_rows(self.param_array[i]), grad_norm=m.grad_norm,
+                           grad_norm_steps=m.grad_norm_steps, lr=m.lr, input=m.input, skipped=m.skipped)
+                for i, m in enumerate(self.step_meta)]
+
+
+def _rows(a: np.ndarray) -> tuple[tuple[float | None, ...] | None, ...]:
+    out = []
+    for r in a.tolist():
+        row = tuple(None if v != v else v for v in r)   # v != v: NaN
+        out.append(None if all(v is None for v in row) else row)
+    return tuple(out)
+
+
+def _unpack(packed: Any, rows: int, width: int) -> np.ndarray:
+    """(rows, width) float32 from a packed base64 string or plain nested lists (None → NaN)."""
+    if isinstance(packed, str):
+        a = np.frombuffer(base64.b64decode(packed, validate=True), dtype="<f4")
+        if a.size != rows * width:
+            raise ValueError(f"packed rows hold {a.size} numbers, expected {rows}×{width}")
+        return a.reshape(rows, width).astype(np.float32)
+    out = np.full((rows, width), np.nan, dtype=np.float32)
+    if len(packed) != rows:
+        raise ValueError(f"{len(packed)} rows, expected {rows}")
+    for i, r in enumerate(packed):
+        if r is not None:
+            out[i, : len(r)] = [np.nan if v is None else v for v in r[:width]]
+    return out
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str, bool]]:
@@ -115,6 +172,8 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
     header: Header | None = None
     log: RawLog | None = None
     problems: list[str] = []
+    layer_rows: list[np.ndarray] = []
+    param_rows: list[np.ndarray] = []
     for lineno, text, complete in _lines(p):
         if not text.strip():
             continue
@@ -135,7 +194,17 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
                 continue
             assert log is not None
             if kind == "step":
-                log.steps.append(StepRecord.from_dict(d))
+                h = log.header
+                la = _unpack(d.get("layers", ()), len(h.layers), len(h.layer_fields))
+                pa = _unpack(d.get("params", ()), len(h.params), len(h.param_fields))
+                inp = d.get("input")
+                meta = StepMeta(step=int(d["step"]), time=float(d.get("time", 0.0)), grad_norm=d.get("grad_norm"),
+                                grad_norm_steps=tuple((int(st), v) for st, v in d.get("grad_norm_steps", ())),
+                                lr=tuple(d.get("lr", ())), input=None if inp is None else InputStats.from_dict(inp),
+                                skipped=bool(d.get("skipped", False)))
+                layer_rows.append(la)
+                param_rows.append(pa)
+                log.step_meta.append(meta)
             elif kind == "metrics":
                 log.metrics.append(MetricsRecord.from_dict(d))
             elif kind == "activations":
@@ -149,12 +218,17 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
             # Unknown kinds are from a newer writer of the same schema: skip them quietly.
         except LogError:
             raise
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, binascii.Error) as e:
             why = "truncated record (the writer was cut off)" if not complete else f"corrupt record ({_short(e)})"
             problems.append(f"{p}:{lineno}: {why}; skipped")
     if header is None or log is None:
         raise LogError(f"{p}: empty log, no gradscope header" if not problems else problems[0])
     log.problems = problems
+    h = log.header
+    log.layer_array = (np.stack(layer_rows) if layer_rows
+                       else np.zeros((0, len(h.layers), len(h.layer_fields)), dtype=np.float32))
+    log.param_array = (np.stack(param_rows) if param_rows
+                       else np.zeros((0, len(h.params), len(h.param_fields)), dtype=np.float32))
     if warn:
         for msg in problems:
             warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
