@@ -15,25 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Eager, not lazy: a submodule (``gradscope.report``, ``gradscope.diagnose``) would otherwise shadow the
+# function of the same name as soon as anything imports it. All torch-free; only ``watch`` needs torch.
+from gradscope.diagnose import Diagnosis, diagnose
 from gradscope.errors import GradscopeError, GradscopeWarning, LogError
 from gradscope.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
-
-# Eager, not lazy: the submodule ``gradscope.report`` would otherwise shadow the function of the same name as
-# soon as anything imports it. Torch-free, like everything here but ``watch``.
 from gradscope.report import Report, report
+from gradscope.run import Run, load
+from gradscope.thresholds import Thresholds
 
 if TYPE_CHECKING:
-    from gradscope.diagnose import Diagnosis, diagnose
-    from gradscope.run import Run, load
     from gradscope.scope import Watch, watch
-    from gradscope.thresholds import Thresholds
 
-_LAZY = {
-    "watch": "gradscope.scope", "Watch": "gradscope.scope",
-    "diagnose": "gradscope.diagnose", "Diagnosis": "gradscope.diagnose",
-    "load": "gradscope.run", "Run": "gradscope.run",
-    "Thresholds": "gradscope.thresholds",
-}
+_LAZY = {"watch": "gradscope.scope", "Watch": "gradscope.scope"}
 
 __all__ = [
     "Code",

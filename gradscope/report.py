@@ -32,6 +32,7 @@ from rich.text import Text
 from gradscope.diagnose import Diagnosis, diagnose
 from gradscope.errors import GradscopeWarning, LogError
 from gradscope.findings import Finding, Severity
+from gradscope.records import DYING_ACTIVATIONS
 from gradscope.run import CANONICAL_METRICS, Run, find_run_dirs, load_run
 from gradscope.storage import log_files
 from gradscope.tbscalars import EVENT_FILE_MARKER
@@ -195,6 +196,9 @@ def layer_rows(run: Run) -> list[LayerRow]:
         units = _last_finite(stat("units"))
         dead = 100.0 * _last_finite(stat("dead")) / units
         sat = 100.0 * _last_finite(stat("saturated")) / units
+    # Dead units only mean something before a ReLU: a negative sigmoid/tanh input is not a dead unit.
+    dying = [la.act in DYING_ACTIVATIONS or la.type in ("ReLU", "ReLU6") for la in run.layers]
+    dead = np.where(dying, dead, np.nan)
     last_grad = _last_finite(grad)
     trends = sparklines(grad)
     return [LayerRow(name=la.name or "(root)", type=la.type, act=la.act, grad_norm=_finite(last_grad[i]),
