@@ -1,0 +1,329 @@
+"""Every number a rule uses, in one documented place.
+
+Each field of ``Thresholds`` carries a docstring (the string literal after it) that says what it bounds, why
+that value, and where the value comes from. Sources cited:
+
+- Glorot & Bengio, "Understanding the difficulty of training deep feedforward neural networks", AISTATS 2010.
+- He, Zhang, Ren & Sun, "Delving deep into rectifiers", ICCV 2015.
+- Klambauer, Unterthiner, Mayr & Hochreiter, "Self-normalizing neural networks", NeurIPS 2017 (SELU, LeCun init).
+- Amazon SageMaker Debugger built-in rule defaults (``VanishingGradient`` threshold 1e-7, ``DeadRelu`` and
+  ``SaturatedActivation`` ``threshold_layer`` 50 %, ``PoorWeightInitialization`` threshold 10).
+- AUTOTRAINER: Zhang, Zhai, Zhang, Zhang & Tian, "AUTOTRAINER: An automatic DNN training problem detection and
+  repair system", ICSE 2021 (gradient-ratio and dying-ReLU parameters).
+- A. Karpathy, CS231n "Neural Networks Part 3": update/weight ratio around 1e-3.
+- Lightning's ``SpikeDetection`` (``lightning/fabric/utilities/spike.py``): relative tolerance 2.
+- "gradscope zoo": the healthy and broken runs in tests/; fields so marked are calibrated there (see
+  docs/diagnoses.md), the rest start from the cited value and were checked against the zoo.
+
+Users override single fields: ``Thresholds(dead_fraction=0.8)``, or from the CLI/config with
+``Thresholds.from_mapping({"dead_fraction": "0.8"})``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from gradscope.errors import GradscopeError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The numbers behind every rule. Frozen: make a changed copy with ``replace(t, field=value)``."""
+
+    # ---------------------------------------------------------------- general
+    min_recorded_steps: int = 3
+    """Recorded steps a statistics rule needs before it judges anything: one or two steps cannot show
+    persistence, and the first step is often unrepresentative (weights still at init)."""
+
+    persistence: float = 0.5
+    """Fraction of recorded steps on which a condition must hold for vanishing gradients and learning-rate
+    problems to count. One bad step is noise; a majority of steps is a property of the run (SageMaker
+    Debugger rules likewise evaluate over many steps, not one)."""
+
+    tail_fraction: float = 0.5
+    """The last part of training (as a fraction of recorded steps) over which dead and saturated units are
+    judged: units that die late stay dead, units dead only at init may recover."""
+
+    early_fraction: float = 0.1
+    """The first part of training taken as the reference ("early values") for growth of gradient norms and
+    activations; at least ``early_min_steps`` steps."""
+
+    early_min_steps: int = 3
+    """Smallest number of steps in the early reference window, so one noisy first step is not the baseline."""
+
+    # ---------------------------------------------------------------- vanishing gradients
+    vanishing_ratio: float = 1e-3
+    """Depth ratio below which gradients vanish: the first weighted layer's relative gradient
+    ||∇W||/||W|| divided by the last one's. 1e-3 is AUTOTRAINER's published gradient-ratio parameter; at this
+    ratio the first layer learns a thousand times slower than the head. Healthy MLPs/CNNs/transformers in the
+    zoo stay within 1e-1..1e1."""
+
+    vanishing_ratio_error: float = 1e-5
+    """Depth ratio below which vanishing is an error: the first layer is effectively frozen (a 10-layer
+    sigmoid net at init, whose derivative is at most 0.25 per layer, gives about 0.25^9 ≈ 4e-6)."""
+
+    vanishing_floor: float = 1e-7
+    """Absolute floor on the root-mean-square gradient element of the first layer's weight (SageMaker
+    Debugger's ``VanishingGradient`` default threshold, 1e-7)."""
+
+    vanishing_floor_ratio: float = 0.1
+    """The absolute floor only counts where the first layer also gets this much less than the last: when every
+    layer's gradient is tiny the loss has converged (nothing left to learn), which is not vanishing."""
+
+    # ---------------------------------------------------------------- exploding gradients
+    exploding_ratio: float = 1e3
+    """Depth ratio above which gradients explode towards the input: the first layer's relative gradient over
+    the last one's (the mirror of ``vanishing_ratio``, AUTOTRAINER's symmetric criterion)."""
+
+    exploding_growth: float = 1e2
+    """Growth of the total gradient norm over its early median that counts as exploding. Healthy runs in the
+    zoo grow by at most ~10× (gradient norms often rise once the loss leaves its initial plateau); a hundredfold
+    rise is an explosion even when every layer grows alike (depth ratio ≈ 1)."""
+
+    exploding_activation_growth: float = 1e2
+    """Growth of a layer's activation standard deviation over its early value that counts as exploding
+    activations (same reasoning as ``exploding_growth``)."""
+
+    exploding_activation_floor: float = 10.0
+    """Activation growth (over time or across depth) only counts where the grown standard deviation is also
+    above this: a layer initialized at zero (std ≈ 0) that grows to a normal std ≈ 1 is not exploding.
+    Standardized signals have std ≈ 1 (Glorot & Bengio 2010)."""
+
+    exploding_relative_grad: float = 1e2
+    """Total gradient norm over total weight norm above which the gradient is huge in absolute terms: even a
+    learning rate of 1e-2 would then move the weights by more than their own size per step. Catches models
+    whose every layer's gradient is huge from the first step (ratio ≈ 1, no growth)."""
+
+    exploding_persistence: float = 0.2
+    """Fraction of the steps after the early window on which growth must hold. Lower than ``persistence``
+    because an explosion is usually the end of a run (it diverges or is stopped)."""
+
+    signal_depth_factor: float = 1e2
+    """Change of the activation standard deviation from the first to the last weighted layer (at one step)
+    that counts as the forward signal exploding (above) or collapsing (below its inverse). Glorot & Bengio 2010
+    and He et al. 2015 show the product of per-layer variance factors compounds with depth; 100× in std is
+    far outside what a correctly initialized net shows (≈1×)."""
+
+    # ---------------------------------------------------------------- dead ReLU
+    dead_fraction: float = 0.5
+    """Fraction of a ReLU layer's units that never fired over the dead window (median over the last part of
+    training) at which the layer is flagged as a warning. SageMaker Debugger's ``DeadRelu`` default
+    ``threshold_layer`` is 50 %; units here are judged per feature/channel over a window, not per element, so
+    normal ~50 % elementwise sparsity of healthy ReLU nets does not count."""
+
+    dead_fraction_error: float = 0.9
+    """Dead fraction at which the finding is an error: the layer has almost no capacity left (AUTOTRAINER
+    flags dying ReLU from 70 %; 90 % leaves a layer barely alive)."""
+
+    # ---------------------------------------------------------------- saturation
+    saturation_fraction: float = 0.5
+    """Fraction of a sigmoid/tanh layer's units whose mean normalized derivative is below
+    ``header.saturation_derivative`` at which the layer is saturated (SageMaker Debugger's
+    ``SaturatedActivation`` default ``threshold_layer``, 50 %)."""
+
+    saturation_dmean: float = 0.3
+    """A layer whose mean normalized derivative (``dmean``: 1 = linear regime, 0 = pinned) over the last part
+    of training is below this is saturated even when few single units are: it passes less than a third of the
+    gradient a linear unit would (tanh pre-activations with std ≳ 3). Healthy tanh/sigmoid layers in the zoo
+    stay at 0.44–0.98; sigmoid layers initialized N(0, 1) sit at ≈ 0.2 (gradscope zoo measurements)."""
+
+    saturation_fraction_error: float = 0.9
+    """Saturated fraction at which saturation is an error: nearly no gradient passes the layer."""
+
+    # ---------------------------------------------------------------- divergence
+    divergence_loss_growth: float = 10.0
+    """Training loss at the end (median of the last part) this many times its starting value counts as
+    diverging even while it is still finite: a healthy run ends below where it started."""
+
+    # ---------------------------------------------------------------- over/underfitting
+    avoidable_bias: float = 0.05
+    """Avoidable bias (train error − baseline error) above which bias is high: 5 percentage points. With the
+    standard worked example (baseline 0.5 %), 1 % train error is low bias and 15 % is high."""
+
+    variance: float = 0.05
+    """Variance (validation error − train error) above which variance is high: 5 percentage points. In the
+    standard worked example a 1-point gap is low variance and a 10-point gap is high."""
+
+    variance_relative: float = 0.2
+    """…and the gap must also be at least this fraction of the validation error: when both errors sit near
+    chance (58 % vs 64 % on a small validation set) a few points of gap are sampling noise, not variance. The
+    worked example's high-variance rows have gaps of 50–90 % of the validation error."""
+
+    bias_chance_fraction: float = 0.5
+    """Without a baseline error the true floor is unknown (some tasks cannot be learned to 0 % error), so
+    high bias is only a warning when the train error is at least this fraction of the chance-level error
+    1 − 1/C (C = the classifier's outputs; a model that halves nothing of guessing has learned little);
+    otherwise an info finding. Pass ``--baseline-error`` for the full analysis."""
+
+    avoidable_bias_no_baseline: float = 0.3
+    """The same bound in absolute terms when the number of classes is unknown (no classifier head): train
+    error above 30 points with no baseline is a warning."""
+
+    fit_min_points: int = 3
+    """Loss evaluations a loss-curve verdict needs (a trend needs at least three points)."""
+
+    overfit_val_rise: float = 0.1
+    """Relative rise of the validation loss above its minimum that counts as overfitting (10 %), required both
+    of the last value and of the median after the minimum, so a single noisy evaluation does not count."""
+
+    overfit_min_after: int = 2
+    """Validation evaluations needed after the best one before a rise is believed (early-stopping patience)."""
+
+    overfit_train_drop: float = 0.02
+    """The training loss must have kept falling by at least this fraction after the best validation step;
+    if both rise, that is divergence or instability, not overfitting."""
+
+    underfit_min_improvement: float = 0.1
+    """A training loss that improved by less than this fraction from its first to its final value is flat."""
+
+    underfit_gap: float = 0.1
+    """Train and validation loss within this relative gap count as "train ≈ validation"."""
+
+    underfit_chance_fraction: float = 0.8
+    """A flat training loss at or above this fraction of the chance-level cross-entropy log(C) (C = the final
+    layer's outputs) is "high": the classifier barely beats guessing."""
+
+    # ---------------------------------------------------------------- init
+    poor_init_factor: float = 10.0
+    """Initial weight variance more than this factor away from the variance the following activation needs
+    (He 2/fan_in, Glorot 2/(fan_in+fan_out), LeCun 1/fan_in) counts as poor. SageMaker Debugger's
+    ``PoorWeightInitialization`` uses a factor of 10 too. PyTorch's default 1/(3·fan_in) is 6× below He and
+    stays inside the band on purpose: it trains fine on shallow nets."""
+
+    # ---------------------------------------------------------------- input
+    input_mean_std_ratio: float = 3.0
+    """|mean| / std of the input above which it is far from centred. Images scaled to [0, 1] give ≈ 0.4–2 and
+    train fine; a feature offset by several standard deviations slows training (Glorot & Bengio's variance
+    argument assumes zero-mean, unit-variance inputs)."""
+
+    input_std_max: float = 10.0
+    """Input (or per-feature) standard deviation above which the input is not standardized (raw 0–255 pixels
+    have std ≈ 60–80; standardized data has 1)."""
+
+    input_mean_max: float = 10.0
+    """Largest per-feature |mean| of a standardized input before it counts as uncentred."""
+
+    input_feature_spread: float = 1e3
+    """Ratio of the largest to the smallest (non-zero) per-feature standard deviation above which feature
+    scales span orders of magnitude (raw tabular data such as sklearn's breast-cancer set spans ~1e5)."""
+
+    # ---------------------------------------------------------------- unstable loss
+    spike_rtol: float = 2.0
+    """A loss spike is a value above (1 + spike_rtol) × the rolling median of the values before it: Lightning's
+    ``SpikeDetection`` default relative tolerance is 2."""
+
+    spike_z: float = 6.0
+    """…and at least this many robust standard deviations (1.4826 × MAD of the log-loss residuals) above it,
+    so the natural mini-batch noise of a small-batch run is not a spike."""
+
+    spike_window: int = 20
+    """Values in the rolling median that a spike is compared with."""
+
+    spike_min_count: int = 2
+    """Spikes needed for a warning; fewer gives an info finding."""
+
+    loss_log_floor: float = 1e-3
+    """Loss values below this fraction of the series' median are raised to it before taking logs for the spike
+    and oscillation tests: a mini-batch with loss exactly 0 is not −∞."""
+
+    unstable_rebound: float = 2.0
+    """A training loss whose rolling median (over ``spike_window`` values) climbs back to this many times its
+    lowest rolling median has lost its progress: the optimizer was thrown out of the basin it had reached.
+    Healthy runs' smoothed training loss only falls or plateaus; a learning rate too high for SGD with
+    momentum doubles it and more (gradscope zoo measurements)."""
+
+    oscillation_jitter: float = 0.7
+    """Median |Δ log loss| between consecutive logged values (in the last part of training) above which the
+    loss oscillates: a factor of about 2 from one value to the next (healthy mini-batch noise in the zoo is
+    ≈ 0.05–0.3)."""
+
+    oscillation_min_progress: float = 0.05
+    """Oscillation only counts while the loss makes less than this relative progress over the last part."""
+
+    # ---------------------------------------------------------------- learning rate
+    lr_ratio_low: float = 1e-5
+    """Median update/weight ratio ||Δw||/||w|| below which the learning rate is too low: 100× below the
+    ~1e-3 heuristic (Karpathy, CS231n). Weights then move by 0.1 % in a hundred steps."""
+
+    lr_ratio_high: float = 1e-1
+    """Median update/weight ratio above which the learning rate is too high for SGD-like optimizers: 100×
+    above the ~1e-3 heuristic; weights change by 10 % every step."""
+
+    lr_ratio_high_adaptive: float = 3e-1
+    """The same bound for Adam-like optimizers: their per-element step is ≈ lr regardless of the gradient's
+    scale, so the ratio is ≈ lr / rms(w), typically 1e-3..1e-1 for lr = 1e-3 on small layers."""
+
+    lr_weight_growth: float = 10.0
+    """Growth of the weight norms over the run (median over weighted layers of max ||W_t||/||W_0||) that marks a
+    learning rate too high even when the update ratio looks normal later (weights blown up make the ratio
+    small). Healthy zoo runs grow their weights by at most ≈ 4.5×; Adam at lr 0.5 grows them 11–23×
+    (gradscope zoo measurements)."""
+
+    lr_target_ratio: float = 1e-3
+    """Update/weight ratio a suggested learning rate aims at for SGD-like optimizers (Karpathy, CS231n)."""
+
+    lr_target_ratio_adaptive: float = 1e-2
+    """Update/weight ratio a suggested learning rate aims at for Adam-like optimizers (what Adam's default
+    lr = 1e-3 gives on the zoo's models)."""
+
+    # ---------------------------------------------------------------- fixes
+    clip_percentile: float = 90.0
+    """Percentile of the healthy early total gradient norms used as the suggested ``clip_grad_norm_``
+    ``max_norm``: clips the outliers and leaves normal steps alone."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def docs(cls) -> dict[str, str]:
+        """Field name → its docstring (read from the source), for generated docs."""
+        return dict(_field_docs())
+
+    def replace(self, **changes: Any) -> Thresholds:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], *, base: Thresholds | None = None) -> Thresholds:
+        """Thresholds from ``{"dead_fraction": 0.8, ...}`` (values may be strings, as from a CLI or config).
+
+        Unknown names and values that cannot be converted raise ``GradscopeError`` naming the field."""
+        base = base if base is not None else cls()
+        types = {f.name: f.type for f in fields(cls)}
+        changes: dict[str, Any] = {}
+        for key, value in mapping.items():
+            name = key.replace("-", "_")
+            if name not in types:
+                raise GradscopeError(f"unknown threshold {key!r}; known: {', '.join(sorted(types))}")
+            want_int = types[name] in (int, "int")
+            try:
+                num = float(value)
+                if want_int:
+                    if num != int(num):
+                        raise ValueError
+                    changes[name] = int(num)
+                else:
+                    changes[name] = num
+            except (TypeError, ValueError):
+                kind = "an integer" if want_int else "a number"
+                raise GradscopeError(f"threshold {key!r} must be {kind}, got {value!r}") from None
+        return replace(base, **changes)
+
+
+def _field_docs() -> list[tuple[str, str]]:
+    """Parse this module's source for the string literal that follows each field."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(Thresholds))
+    cls = tree.body[0]
+    assert isinstance(cls, ast.ClassDef)
+    out: list[tuple[str, str]] = []
+    body = cls.body
+    for node, nxt in zip(body, [*body[1:], None], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            out.append((node.target.id, inspect.cleandoc(nxt.value.value)))
+    return out

@@ -1,0 +1,93 @@
+"""The zoo: real short training runs, healthy and broken, diagnosed end to end (tests/zoo/).
+
+Each case trains once per test session into a session-scoped temporary folder; the tests then check that the
+codes the case declares fire (a warning or error finding), that no other code fires, and that the expected fix
+kinds are offered. Hold-out cases run the same checks; they are never used to tune a threshold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("torch")
+
+from gradscope.findings import Severity
+from tests.zoo.cases import CASES, Case
+from tests.zoo.runner import Outcome, ZooRunner, check, fired
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> ZooRunner:
+    return ZooRunner(tmp_path_factory.mktemp("zoo"))
+
+
+_OUTCOMES: dict[str, Outcome] = {}
+
+
+def _outcome(zoo: ZooRunner, case: Case) -> Outcome:
+    if case.name not in _OUTCOMES:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _OUTCOMES[case.name] = zoo.run(case)
+        finally:
+            torch.set_num_threads(threads)
+    return _OUTCOMES[case.name]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_zoo_case(zoo: ZooRunner, case: Case) -> None:
+    out = _outcome(zoo, case)
+    problems = check(case, out.diagnosis)
+    summary = "; ".join(f"{f.code.value}/{f.severity.value}: {f.message}" for f in out.diagnosis.findings)
+    assert not problems, f"{case.name}: {problems}\nfindings: {summary}"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.healthy], ids=[c.name for c in CASES if c.healthy])
+def test_healthy_runs_have_no_warnings(zoo: ZooRunner, case: Case) -> None:
+    out = _outcome(zoo, case)
+    loud = [f for f in out.diagnosis.findings if f.severity in (Severity.WARNING, Severity.ERROR)]
+    assert not loud, f"{case.name}: " + "; ".join(f"{f.code.value}: {f.message}" for f in loud)
+
+
+def test_zoo_is_big_and_covers_what_the_issue_asks() -> None:
+    calibration = [c for c in CASES if not c.holdout]
+    holdout = [c for c in CASES if c.holdout]
+    assert len(calibration) >= 20 and len(holdout) >= 6
+    assert sum(c.healthy for c in calibration) >= 7
+    covered = set().union(*(c.must for c in calibration))
+    from tests.zoo.cases import ALL_CODES
+
+    assert covered == ALL_CODES, f"codes no calibration case requires: {sorted(ALL_CODES - covered)}"
+    archs = " ".join(c.arch for c in CASES)
+    for kind in ("MLP", "CNN", "LSTM", "GRU", "RNN", "Transformer"):
+        assert kind in archs
+    opts = {c.optimizer for c in CASES}
+    assert {"SGD", "SGD+momentum", "Adam", "AdamW", "RMSprop"} <= opts
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+def test_a_broken_case_really_fires(zoo: ZooRunner) -> None:
+    """The checker itself can fail: a divergent run does fire divergence, and a healthy case's expectations
+    would reject it."""
+    from tests.zoo.cases import BY_NAME
+
+    out = _outcome(zoo, BY_NAME["divergence_lr_huge"])
+    assert "divergence" in fired(out.diagnosis)
+    assert check(BY_NAME["healthy_mlp_digits_adam"], out.diagnosis)
+
+
+def test_logs_are_cached(zoo: ZooRunner, tmp_path: Path) -> None:
+    from tests.zoo.cases import BY_NAME
+
+    case = BY_NAME["healthy_regression_diabetes_sgdm"]
+    _outcome(zoo, case)
+    d = zoo.logdir(case)
+    before = (d / "gradscope.rank0.jsonl").stat().st_mtime_ns
+    assert zoo.logdir(case) == d
+    assert (d / "gradscope.rank0.jsonl").stat().st_mtime_ns == before

@@ -1,0 +1,802 @@
+"""The zoo's scenarios: real (short) training runs that are healthy or broken in one known way.
+
+Each ``Case`` trains a real model on data that ships inside a package (scikit-learn's bundled datasets) or on
+synthetic data drawn from a private ``torch.Generator``, with ``gradscope.watch`` attached, and logs per-epoch
+``train_loss``/``val_loss`` (and accuracies for classifiers) with ``scope.log`` as a user would.
+
+What a case declares:
+
+``must``      codes that must fire (a finding of severity warning or error);
+``may``       codes that may fire or not: side effects a practitioner would accept as true of this run (a
+              learning rate so high that it kills units may also make the loss unstable);
+``fixes``     per code in ``must``, fix kinds that must be among the finding's fixes.
+
+Every other code must not fire (must-not = all codes − must − may). Healthy cases have empty ``must`` and
+``may``: no warning and no error at all (info findings are fine).
+
+``holdout=True`` cases are never used to tune a threshold: they check that the rules generalize to
+architectures, sizes, seeds and data the calibration did not see.
+
+Runs are deterministic: model init, dropout and shuffling happen under ``torch.random.fork_rng`` with a fixed
+seed (the caller's global RNG is left as it was), synthetic data comes from a private generator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradscope
+from gradscope.errors import GradscopeWarning
+from gradscope.findings import Code, FixKind
+
+ALL_CODES: frozenset[str] = frozenset(c.value for c in Code)
+
+
+# --------------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Data:
+    """A train/validation split as tensors; ``task`` is "clf" (class labels) or "reg" (float targets)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    task: str = "clf"
+
+
+def _split(x: np.ndarray, y: np.ndarray, *, n_train: int | None = None, n_val: int | None = None,
+           seed: int = 0, task: str = "clf", standardize: bool = True, image: bool = False) -> Data:
+    gen = np.random.default_rng(seed)
+    idx = gen.permutation(len(x))
+    if n_train is None:
+        n_train = int(0.75 * len(x))
+    tr = idx[:n_train]
+    va = idx[n_train:] if n_val is None else idx[n_train:n_train + n_val]
+    x = x.astype(np.float32)
+    if standardize:
+        if image:   # one mean/std for all pixels, as transforms.Normalize does per channel
+            mu, sd = x[tr].mean(), x[tr].std()
+        else:
+            mu, sd = x[tr].mean(0), x[tr].std(0)
+            sd = np.where(sd > 0, sd, 1.0)
+        x = (x - mu) / sd
+    yt = torch.tensor(y, dtype=torch.float32).reshape(-1, 1) if task == "reg" else torch.tensor(y, dtype=torch.long)
+    xt = torch.tensor(x, dtype=torch.float32)
+    return Data(xt[tr], yt[tr], xt[va], yt[va], task)
+
+
+def digits(*, standardize: bool = True, image: bool = False, n_train: int | None = None, seed: int = 0) -> Data:
+    """sklearn's 8×8 handwritten digits (1797 samples, 10 classes), pixel values 0–16."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    if image:
+        x = x.reshape(-1, 1, 8, 8)
+    return _split(x, y, n_train=n_train, seed=seed, standardize=standardize, image=image)
+
+
+def breast_cancer(*, standardize: bool = True, seed: int = 0) -> Data:
+    """sklearn's Wisconsin breast-cancer table (569 × 30, binary); raw feature scales span 0.003–570."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    return _split(x, y, seed=seed, standardize=standardize)
+
+
+def wine(*, standardize: bool = True, seed: int = 0) -> Data:
+    """sklearn's wine table (178 × 13, 3 classes); raw proline ≈ 750 ± 315 next to hue ≈ 1 ± 0.2."""
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)
+    return _split(x, y, seed=seed, standardize=standardize)
+
+
+def iris(*, seed: int = 0) -> Data:
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    return _split(x, y, seed=seed)
+
+
+def diabetes(*, raw: bool = False, scale_target: bool = True, seed: int = 0) -> Data:
+    """sklearn's diabetes regression (442 × 10). ``raw``: unscaled features (age in years, BMI, blood
+    pressure…); ``scale_target=False`` keeps the target in its units (mean 152, std 77)."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True, scaled=not raw)
+    if scale_target:
+        y = (y - y.mean()) / y.std()
+    return _split(x, y, seed=seed, task="reg", standardize=not raw)
+
+
+def rings(n: int = 800, *, seed: int = 0) -> Data:
+    """Two concentric noisy rings in 2-D: not linearly separable (a linear model stays near chance)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    r = 1.0 + 1.0 * y.float() + 0.15 * torch.randn(n, generator=g)
+    a = 2 * math.pi * torch.rand(n, generator=g)
+    x = torch.stack([r * torch.cos(a), r * torch.sin(a)], 1)
+    x = (x - x.mean(0)) / x.std(0)
+    k = int(0.75 * n)
+    return Data(x[:k], y[:k], x[k:], y[k:])
+
+
+def sine_sequences(n: int = 600, length: int = 20, *, classes: int = 4, noise: float = 0.3,
+                   seed: int = 0) -> Data:
+    """Noisy sine waves (random phase) of ``classes`` frequencies; the label is the frequency. (n, T, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    t = torch.arange(length, dtype=torch.float32)
+    freq = 0.15 + 0.12 * y.float()
+    phase = 2 * math.pi * torch.rand(n, 1, generator=g)
+    x = torch.sin(freq[:, None] * t[None, :] + phase) + noise * torch.randn(n, length, generator=g)
+    x = x[..., None]
+    k = int(0.75 * n)
+    return Data(x[:k], y[:k], x[k:], y[k:])
+
+
+def memory_sequences(n: int = 600, length: int = 60, *, dim: int = 4, seed: int = 0) -> Data:
+    """Label = sign of the first element of the first feature; the rest is noise: needs memory over T steps."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, length, dim, generator=g)
+    y = (x[:, 0, 0] > 0).long()
+    k = int(0.75 * n)
+    return Data(x[:k], y[:k], x[k:], y[k:])
+
+
+def token_sequences(n: int = 800, length: int = 12, *, vocab: int = 10, seed: int = 0) -> Data:
+    """Random token ids; label = whether tokens below vocab/2 are the majority (a counting task)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (n, length), generator=g)
+    y = ((x < vocab // 2).sum(1) * 2 > length).long()
+    k = int(0.75 * n)
+    return Data(x[:k], y[:k], x[k:], y[k:])
+
+
+def regression_sequences(n: int = 600, length: int = 15, *, seed: int = 0) -> Data:
+    """Target = mean of the sequence's first feature times 3 (a smooth regression over time)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, length, 2, generator=g)
+    y = 3 * x[:, :, 0].mean(1, keepdim=True)
+    k = int(0.75 * n)
+    return Data(x[:k], y[:k], x[k:], y[k:], task="reg")
+
+
+# ------------------------------------------------------------------------------------------------- models
+_ACTS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+                                             "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
+
+
+def mlp(sizes: list[int], act: str = "relu", *, bn: bool = False, dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers of the given sizes with ``act`` between them (optionally BatchNorm before it)."""
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        mods.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            if bn:
+                mods.append(nn.BatchNorm1d(b))
+            mods.append(_ACTS[act]())
+            if dropout:
+                mods.append(nn.Dropout(dropout))
+    return nn.Sequential(*mods)
+
+
+class DigitsCNN(nn.Module):
+    """Two 3×3 convolutions with ReLU on 1×8×8 images, max-pool, linear head (functional activations)."""
+
+    def __init__(self, c1: int = 16, c2: int = 32, *, bn: bool = False, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(c1) if bn else nn.Identity()
+        self.bn2 = nn.BatchNorm2d(c2) if bn else nn.Identity()
+        self.fc = nn.Linear(c2 * 16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.fc(x.flatten(1))
+
+
+class SeqNet(nn.Module):
+    """A recurrent layer (LSTM, GRU or RNN) over (batch, T, features) and a linear head on the last state."""
+
+    def __init__(self, cell: type[nn.RNNBase], inp: int, hidden: int, out: int, *, layers: int = 1,
+                 proj: int | None = None, **kw: object) -> None:
+        super().__init__()
+        self.proj = nn.Linear(inp, proj) if proj else None
+        self.rnn = cell(proj or inp, hidden, num_layers=layers, batch_first=True, **kw)
+        self.head = nn.Linear(hidden, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.proj is not None:
+            x = torch.tanh(self.proj(x))
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+class StackedRNN(nn.Module):
+    """Separate single-layer vanilla RNNs stacked (so each is its own watched layer), then a head."""
+
+    def __init__(self, inp: int, hidden: int, depth: int, out: int) -> None:
+        super().__init__()
+        self.rnns = nn.ModuleList([nn.RNN(inp if i == 0 else hidden, hidden, batch_first=True)
+                                   for i in range(depth)])
+        self.head = nn.Linear(hidden, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for r in self.rnns:
+            x, _ = r(x)
+        return self.head(x[:, -1])
+
+
+class TokenTransformer(nn.Module):
+    """Token + position embeddings, ``nn.TransformerEncoder``, mean pooling, linear head."""
+
+    def __init__(self, vocab: int, length: int, d: int = 32, heads: int = 4, layers: int = 2, ff: int = 64,
+                 classes: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(length, d)
+        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[1], device=x.device)
+        h = self.encoder(self.tok(x) + self.pos(pos)[None])
+        return self.head(h.mean(1))
+
+
+def init_normal(model: nn.Module, std: float | Callable[[nn.Module], float], *, bias: float | None = 0.0,
+                types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)) -> nn.Module:
+    """Re-initialize weights of ``types`` layers with N(0, std²) (std may depend on the layer); biases to
+    ``bias`` (None leaves them)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, types):
+                s = std(m) if callable(std) else std
+                m.weight.normal_(0.0, s)
+                if bias is not None and m.bias is not None:
+                    m.bias.fill_(bias)
+    return model
+
+
+def _fan_in(m: nn.Module) -> int:
+    w = m.weight
+    return int(w.shape[1] * (w[0, 0].numel() if w.dim() > 2 else 1))
+
+
+# ----------------------------------------------------------------------------------------------- training
+def fit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, *, epochs: int, batch: int,
+        every: int = 5, seed: int = 0, pass_optimizer: bool = True, log_step_loss: bool = False,
+        clip: float | None = None) -> None:
+    """A plain training loop with gradscope attached, as a user writes it.
+
+    Per epoch: ``train_loss`` (mean over the epoch's batches), ``train_acc`` (running), ``val_loss`` and
+    ``val_acc`` in eval mode under ``no_grad``. ``log_step_loss`` logs ``train_loss`` every step instead (the
+    per-epoch record then carries only the other metrics)."""
+    g = torch.Generator().manual_seed(seed)
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
+        F.cross_entropy if data.task == "clf" else F.mse_loss)
+    n = data.x_train.shape[0]
+    with warnings.catch_warnings():
+        # A run that diverges makes watch() warn about the first NaN; that is the point of such a case.
+        warnings.simplefilter("ignore", GradscopeWarning)
+        with gradscope.watch(model, logdir, every=every, tensorboard=False,
+                             optimizer=opt if pass_optimizer else None) as scope:
+            for _ in range(epochs):
+                model.train()
+                perm = torch.randperm(n, generator=g)
+                tot, correct = 0.0, 0
+                for i in range(0, n, batch):
+                    idx = perm[i:i + batch]
+                    out = model(data.x_train[idx])
+                    loss = loss_fn(out, data.y_train[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    if clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    opt.step()
+                    lv = float(loss.detach())
+                    if log_step_loss:
+                        scope.log(train_loss=lv)
+                    tot += lv * len(idx)
+                    if data.task == "clf":
+                        correct += int((out.detach().argmax(1) == data.y_train[idx]).sum())
+                model.eval()
+                with torch.no_grad():
+                    vout = model(data.x_val)
+                    metrics = {"val_loss": float(loss_fn(vout, data.y_val))}
+                    if data.task == "clf":
+                        metrics["val_acc"] = float((vout.argmax(1) == data.y_val).float().mean())
+                        metrics["train_acc"] = correct / n
+                if not log_step_loss:
+                    metrics["train_loss"] = tot / n
+                scope.log(**metrics)
+
+
+# -------------------------------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    build: Callable[[Path], None]
+    must: frozenset[str] = frozenset()
+    may: frozenset[str] = frozenset()
+    fixes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    holdout: bool = False
+    arch: str = ""
+    optimizer: str = ""
+    data: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return not self.must and not self.may
+
+    @property
+    def must_not(self) -> frozenset[str]:
+        return ALL_CODES - self.must - self.may
+
+    def train(self, logdir: Path, seed: int = 0) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.build(logdir)
+
+
+CASES: list[Case] = []
+
+
+def case(name: str, description: str, *, must: tuple[Code, ...] = (), may: tuple[Code, ...] = (),
+         fixes: Mapping[Code, tuple[FixKind, ...]] | None = None, holdout: bool = False, arch: str = "",
+         optimizer: str = "", data: str = "") -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
+    """Register the decorated ``build(logdir)`` function as a zoo case."""
+    def deco(fn: Callable[[Path], None]) -> Callable[[Path], None]:
+        CASES.append(Case(name, description, fn, frozenset(c.value for c in must), frozenset(c.value for c in may),
+                          {c.value: frozenset(k.value for k in ks) for c, ks in (fixes or {}).items()},
+                          holdout, arch, optimizer, data))
+        return fn
+    return deco
+
+
+C = Code
+K = FixKind
+
+# ============================================================================ calibration: healthy runs
+@case("healthy_mlp_digits_adam", "ReLU MLP 64-128-64-10 on standardized digits, Adam 1e-3, 12 epochs.",
+      arch="MLP", optimizer="Adam", data="digits")
+def _healthy_mlp_digits_adam(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10])
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(), logdir, epochs=12, batch=64)
+
+
+@case("healthy_cnn_digits_sgdm", "Two-conv ReLU CNN on standardized 8×8 digits, SGD+momentum 0.9, lr 0.02, "
+      "per-step loss logged.",
+      arch="CNN", optimizer="SGD+momentum", data="digits")
+def _healthy_cnn_digits_sgdm(logdir: Path) -> None:
+    m = DigitsCNN(8, 16)
+    fit(m, torch.optim.SGD(m.parameters(), 0.02, momentum=0.9), digits(image=True), logdir, epochs=8, batch=64,
+        log_step_loss=True)
+
+
+@case("healthy_lstm_sine_adam", "LSTM (hidden 32) classifying the frequency of noisy sines (T=20), Adam 1e-2.",
+      arch="LSTM", optimizer="Adam", data="synthetic sines")
+def _healthy_lstm(logdir: Path) -> None:
+    m = SeqNet(nn.LSTM, 1, 32, 4)
+    fit(m, torch.optim.Adam(m.parameters(), 1e-2), sine_sequences(), logdir, epochs=10, batch=32)
+
+
+@case("healthy_transformer_tokens_adamw", "2-layer TransformerEncoder (d=32) counting tokens, AdamW 1e-3.",
+      arch="Transformer", optimizer="AdamW", data="synthetic tokens")
+def _healthy_transformer(logdir: Path) -> None:
+    m = TokenTransformer(10, 12)
+    fit(m, torch.optim.AdamW(m.parameters(), 1e-3, weight_decay=0.01), token_sequences(), logdir, epochs=8,
+        batch=32)
+
+
+@case("healthy_tanh_wine_rmsprop", "tanh MLP 13-32-32-3 on standardized wine, RMSprop 1e-3.",
+      arch="MLP (tanh)", optimizer="RMSprop", data="wine")
+def _healthy_tanh_wine(logdir: Path) -> None:
+    m = mlp([13, 32, 32, 3], "tanh")
+    fit(m, torch.optim.RMSprop(m.parameters(), 1e-3), wine(), logdir, epochs=30, batch=16)
+
+
+@case("healthy_bn_mlp_cancer_sgd", "BatchNorm ReLU MLP 30-64-64-2 on standardized breast cancer, plain SGD 0.05.",
+      arch="MLP+BatchNorm", optimizer="SGD", data="breast_cancer")
+def _healthy_bn_cancer(logdir: Path) -> None:
+    m = mlp([30, 64, 64, 2], bn=True)
+    fit(m, torch.optim.SGD(m.parameters(), 0.05), breast_cancer(), logdir, epochs=15, batch=32)
+
+
+@case("healthy_regression_diabetes_sgdm", "ReLU MLP 10-32-1 regression on standardized diabetes, SGD+momentum.",
+      arch="MLP regression", optimizer="SGD+momentum", data="diabetes")
+def _healthy_diabetes(logdir: Path) -> None:
+    m = mlp([10, 32, 1])
+    fit(m, torch.optim.SGD(m.parameters(), 0.01, momentum=0.9), diabetes(), logdir, epochs=20, batch=32)
+
+
+@case("healthy_gru_sine_rmsprop", "GRU (hidden 24) on 1000 noisy sines, RMSprop 3e-3.",
+      arch="GRU", optimizer="RMSprop", data="synthetic sines")
+def _healthy_gru(logdir: Path) -> None:
+    m = SeqNet(nn.GRU, 1, 24, 4)
+    fit(m, torch.optim.RMSprop(m.parameters(), 3e-3), sine_sequences(1000, noise=0.2, seed=1), logdir, epochs=8,
+        batch=32)
+
+
+# ==================================================================== calibration: vanishing gradients
+@case("vanishing_deep_sigmoid", "10 sigmoid layers of width 64 on digits, SGD 0.1: the classic vanishing net.",
+      must=(C.VANISHING_GRADIENTS,), may=(C.UNDERFITTING, C.LEARNING_RATE, C.POOR_INIT),
+      fixes={C.VANISHING_GRADIENTS: (K.ACTIVATION, K.INIT, K.BATCHNORM)},
+      arch="deep MLP (sigmoid)", optimizer="SGD", data="digits")
+def _vanishing_sigmoid(logdir: Path) -> None:
+    m = mlp([64] + [64] * 10 + [10], "sigmoid")
+    fit(m, torch.optim.SGD(m.parameters(), 0.1), digits(), logdir, epochs=6, batch=64)
+
+
+@case("vanishing_deep_tanh_small_init", "8 tanh layers initialized N(0, 0.02²) (Glorot wants ≈ 0.125²), SGD.",
+      must=(C.VANISHING_GRADIENTS,), may=(C.POOR_INIT, C.UNDERFITTING, C.LEARNING_RATE),
+      fixes={C.VANISHING_GRADIENTS: (K.INIT,)},
+      arch="deep MLP (tanh)", optimizer="SGD", data="digits")
+def _vanishing_tanh(logdir: Path) -> None:
+    m = init_normal(mlp([64] + [64] * 8 + [10], "tanh"), 0.02)
+    fit(m, torch.optim.SGD(m.parameters(), 0.05), digits(), logdir, epochs=6, batch=64)
+
+
+@case("vanishing_stacked_rnn_long", "4 stacked vanilla RNNs (tanh, small init) over T=60 steps of a memory task.",
+      must=(C.VANISHING_GRADIENTS,), may=(C.POOR_INIT, C.UNDERFITTING, C.LEARNING_RATE),
+      fixes={C.VANISHING_GRADIENTS: (K.INIT,)},
+      arch="stacked vanilla RNN", optimizer="SGD", data="synthetic memory")
+def _vanishing_rnn(logdir: Path) -> None:
+    m = StackedRNN(4, 32, 4, 2)
+    with torch.no_grad():
+        for r in m.rnns:
+            for name, p in r.named_parameters():
+                if name.startswith("weight"):
+                    p.normal_(0.0, 0.03)
+    fit(m, torch.optim.SGD(m.parameters(), 0.05), memory_sequences(400), logdir, epochs=5, batch=32)
+
+
+# ===================================================================== calibration: exploding gradients
+@case("exploding_deep_relu_large_init", "8 ReLU layers with std = 2.5× He: activations and gradients blow up.",
+      must=(C.EXPLODING_GRADIENTS,), may=(C.POOR_INIT, C.DIVERGENCE, C.UNSTABLE_LOSS, C.LEARNING_RATE,
+                                           C.DEAD_RELU, C.UNDERFITTING, C.OVERFITTING),
+      fixes={C.EXPLODING_GRADIENTS: (K.CLIPPING, K.LEARNING_RATE)},
+      arch="deep MLP (ReLU)", optimizer="SGD", data="digits")
+def _exploding_relu(logdir: Path) -> None:
+    m = init_normal(mlp([64] + [128] * 8 + [10]), lambda mod: 2.5 * math.sqrt(2.0 / _fan_in(mod)))
+    fit(m, torch.optim.SGD(m.parameters(), 1e-4), digits(), logdir, epochs=4, batch=64)
+
+
+@case("exploding_relu_rnn_recurrent", "ReLU vanilla RNN whose recurrent matrix has gain 1.6 over T=30 steps "
+      "(gradient norm ≈ 1e4 at init), Adam.",
+      must=(C.EXPLODING_GRADIENTS,), may=(C.POOR_INIT, C.DIVERGENCE, C.UNSTABLE_LOSS, C.LEARNING_RATE,
+                                           C.DEAD_RELU, C.UNDERFITTING, C.OVERFITTING),
+      fixes={C.EXPLODING_GRADIENTS: (K.CLIPPING,)},
+      arch="vanilla RNN (ReLU)", optimizer="Adam", data="synthetic sines")
+def _exploding_rnn(logdir: Path) -> None:
+    m = SeqNet(nn.RNN, 1, 32, 4, nonlinearity="relu")
+    with torch.no_grad():
+        nn.init.orthogonal_(m.rnn.weight_hh_l0, gain=1.6)
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), sine_sequences(length=30), logdir, epochs=4, batch=32)
+
+
+@case("exploding_uniform_raw_target", "ReLU MLP regressing diabetes targets in raw units (≈150) with SGD 3e-3: "
+      "every layer's gradient grows alike (first/last ratio ≈ 1).",
+      must=(C.EXPLODING_GRADIENTS,), may=(C.DIVERGENCE, C.UNSTABLE_LOSS, C.LEARNING_RATE, C.DEAD_RELU,
+                                           C.UNDERFITTING),
+      fixes={C.EXPLODING_GRADIENTS: (K.CLIPPING, K.LEARNING_RATE)},
+      arch="MLP regression", optimizer="SGD", data="diabetes (raw target)")
+def _exploding_uniform(logdir: Path) -> None:
+    m = mlp([10, 64, 64, 1])
+    fit(m, torch.optim.SGD(m.parameters(), 3e-3), diabetes(scale_target=False), logdir, epochs=6, batch=32)
+
+
+# ============================================================================ calibration: divergence
+@case("divergence_lr_huge", "ReLU MLP on digits with SGD lr = 20: the loss is NaN within a few steps.",
+      must=(C.DIVERGENCE,), may=(C.EXPLODING_GRADIENTS, C.UNSTABLE_LOSS, C.LEARNING_RATE, C.DEAD_RELU,
+                                  C.UNDERFITTING),
+      fixes={C.DIVERGENCE: (K.LEARNING_RATE, K.CLIPPING)},
+      arch="MLP", optimizer="SGD", data="digits")
+def _divergence(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10])
+    fit(m, torch.optim.SGD(m.parameters(), 20.0), digits(), logdir, epochs=3, batch=64)
+
+
+# ============================================================================== calibration: dead ReLU
+@case("dead_relu_negative_bias", "ReLU MLP whose hidden biases start at −4: most units never fire.",
+      must=(C.DEAD_RELU,), may=(C.UNDERFITTING, C.POOR_INIT, C.VANISHING_GRADIENTS, C.LEARNING_RATE),
+      fixes={C.DEAD_RELU: (K.ACTIVATION, K.INIT, K.LEARNING_RATE)},
+      arch="MLP (ReLU)", optimizer="Adam", data="digits")
+def _dead_bias(logdir: Path) -> None:
+    m = mlp([64, 128, 128, 10])
+    with torch.no_grad():
+        m[0].bias.fill_(-4.0)
+        m[2].bias.fill_(-4.0)
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(), logdir, epochs=5, batch=64)
+
+
+@case("dead_relu_high_lr", "ReLU MLP on digits with Adam lr 0.1 (100× the default): large early steps kill most "
+      "units of the second layer.",
+      must=(C.DEAD_RELU,), may=(C.UNDERFITTING, C.UNSTABLE_LOSS, C.LEARNING_RATE, C.EXPLODING_GRADIENTS,
+                                 C.VANISHING_GRADIENTS, C.OVERFITTING),
+      fixes={C.DEAD_RELU: (K.ACTIVATION, K.LEARNING_RATE)},
+      arch="MLP (ReLU)", optimizer="Adam", data="digits")
+def _dead_lr(logdir: Path) -> None:
+    m = mlp([64, 128, 128, 10])
+    fit(m, torch.optim.Adam(m.parameters(), 0.1), digits(), logdir, epochs=5, batch=64)
+
+
+# ============================================================================= calibration: saturation
+@case("saturation_tanh_raw_cancer", "tanh MLP on raw breast-cancer features (values up to 4000).",
+      must=(C.SATURATION, C.UNNORMALIZED_INPUT), may=(C.UNDERFITTING, C.VANISHING_GRADIENTS, C.LEARNING_RATE,
+                                                      C.UNSTABLE_LOSS, C.OVERFITTING),
+      fixes={C.SATURATION: (K.INIT, K.ACTIVATION), C.UNNORMALIZED_INPUT: (K.NORMALIZATION,)},
+      arch="MLP (tanh)", optimizer="Adam", data="breast_cancer (raw)")
+def _saturation_raw(logdir: Path) -> None:
+    m = mlp([30, 64, 64, 2], "tanh")
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), breast_cancer(standardize=False), logdir, epochs=8, batch=32)
+
+
+@case("saturation_sigmoid_large_init", "sigmoid MLP on standardized digits initialized N(0, 1): pre-activations "
+      "with std ≈ 8 pin the units at 0/1.",
+      must=(C.SATURATION, C.POOR_INIT), may=(C.VANISHING_GRADIENTS, C.UNDERFITTING, C.LEARNING_RATE,
+                                             C.UNSTABLE_LOSS, C.OVERFITTING),
+      fixes={C.SATURATION: (K.INIT,), C.POOR_INIT: (K.INIT,)},
+      arch="MLP (sigmoid)", optimizer="SGD+momentum", data="digits")
+def _saturation_init(logdir: Path) -> None:
+    m = init_normal(mlp([64, 128, 128, 10], "sigmoid"), 1.0)
+    fit(m, torch.optim.SGD(m.parameters(), 0.01, momentum=0.9), digits(), logdir, epochs=5, batch=64)
+
+
+# ========================================================================== calibration: fit problems
+@case("overfitting_big_mlp_few_digits", "ReLU MLP 64-256-256-10 on 100 digits for 120 epochs, Adam: train "
+      "accuracy 100%, validation loss rises after its minimum.",
+      must=(C.OVERFITTING,), may=(C.LEARNING_RATE,),
+      fixes={C.OVERFITTING: (K.EARLY_STOPPING, K.REGULARIZATION, K.DATA)},
+      arch="MLP", optimizer="Adam", data="digits (100 samples)")
+def _overfit(logdir: Path) -> None:
+    m = mlp([64, 256, 256, 10])
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(n_train=100), logdir, epochs=80, batch=50, every=10)
+
+
+@case("underfitting_linear_rings", "A linear classifier on two concentric rings (not linearly separable).",
+      must=(C.UNDERFITTING,), may=(C.LEARNING_RATE,),
+      fixes={C.UNDERFITTING: (K.CAPACITY,)},
+      arch="linear", optimizer="SGD+momentum", data="synthetic rings")
+def _underfit_linear(logdir: Path) -> None:
+    m = nn.Sequential(nn.Linear(2, 2))
+    fit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), rings(), logdir, epochs=15, batch=32)
+
+
+@case("underfitting_tiny_lr", "ReLU MLP on digits with SGD lr 1e-5: weights barely move, loss stays at chance.",
+      must=(C.UNDERFITTING, C.LEARNING_RATE), may=(),
+      fixes={C.UNDERFITTING: (K.LEARNING_RATE, K.TRAIN_LONGER), C.LEARNING_RATE: (K.LEARNING_RATE,)},
+      arch="MLP", optimizer="SGD", data="digits")
+def _underfit_lr(logdir: Path) -> None:
+    m = mlp([64, 32, 10])
+    fit(m, torch.optim.SGD(m.parameters(), 1e-5), digits(), logdir, epochs=5, batch=64)
+
+
+# ================================================================================ calibration: init
+@case("poor_init_std1_wide_relu", "Wide ReLU MLP (3 × 512) initialized N(0, 1): activations grow ≈ 16× per layer.",
+      must=(C.POOR_INIT,), may=(C.EXPLODING_GRADIENTS, C.DIVERGENCE, C.UNSTABLE_LOSS, C.LEARNING_RATE,
+                                 C.DEAD_RELU, C.UNDERFITTING, C.OVERFITTING),
+      fixes={C.POOR_INIT: (K.INIT,)},
+      arch="wide MLP (ReLU)", optimizer="Adam", data="digits")
+def _poor_init_std1(logdir: Path) -> None:
+    m = init_normal(mlp([64, 512, 512, 512, 10]), 1.0)
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(), logdir, epochs=3, batch=64)
+
+
+@case("poor_init_zeros", "ReLU MLP whose hidden weights start at exactly zero: units never become different.",
+      must=(C.POOR_INIT,), may=(C.UNDERFITTING, C.VANISHING_GRADIENTS, C.DEAD_RELU, C.LEARNING_RATE),
+      fixes={C.POOR_INIT: (K.INIT,)},
+      arch="MLP (ReLU)", optimizer="SGD+momentum", data="wine")
+def _poor_init_zeros(logdir: Path) -> None:
+    m = mlp([13, 32, 32, 3])
+    with torch.no_grad():
+        for i in (0, 2):
+            m[i].weight.zero_()
+    fit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), wine(), logdir, epochs=20, batch=16)
+
+
+# ================================================================================ calibration: data
+@case("unnormalized_raw_wine", "ReLU MLP on raw wine features (proline ≈ 750 next to hue ≈ 1), Adam.",
+      must=(C.UNNORMALIZED_INPUT,), may=(C.UNSTABLE_LOSS, C.UNDERFITTING, C.OVERFITTING, C.DEAD_RELU,
+                                          C.LEARNING_RATE),
+      fixes={C.UNNORMALIZED_INPUT: (K.NORMALIZATION,)},
+      arch="MLP", optimizer="Adam", data="wine (raw)")
+def _unnormalized(logdir: Path) -> None:
+    m = mlp([13, 64, 3])
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), wine(standardize=False), logdir, epochs=20, batch=16)
+
+
+# ========================================================================== calibration: optimization
+@case("unstable_sgd_momentum_high_lr", "ReLU MLP on digits with SGD lr 0.3 + momentum 0.9 (too high, but finite), "
+      "per-step loss logged: it jumps between 0.01 and 10.",
+      must=(C.UNSTABLE_LOSS,), may=(C.LEARNING_RATE, C.DEAD_RELU, C.UNDERFITTING, C.EXPLODING_GRADIENTS,
+                                     C.OVERFITTING, C.DIVERGENCE),
+      fixes={C.UNSTABLE_LOSS: (K.LEARNING_RATE,)},
+      arch="MLP", optimizer="SGD+momentum", data="digits")
+def _unstable(logdir: Path) -> None:
+    m = mlp([64, 64, 10])
+    fit(m, torch.optim.SGD(m.parameters(), 0.3, momentum=0.9), digits(), logdir, epochs=5, batch=64,
+        log_step_loss=True)
+
+
+@case("learning_rate_too_low_adam", "ReLU MLP on standardized breast cancer with Adam lr 1e-7.",
+      must=(C.LEARNING_RATE,), may=(C.UNDERFITTING,),
+      fixes={C.LEARNING_RATE: (K.LEARNING_RATE,)},
+      arch="MLP", optimizer="Adam", data="breast_cancer")
+def _lr_low(logdir: Path) -> None:
+    m = mlp([30, 32, 2])
+    fit(m, torch.optim.Adam(m.parameters(), 1e-7), breast_cancer(), logdir, epochs=6, batch=32)
+
+
+@case("learning_rate_too_high_sgdm", "ReLU MLP on digits with SGD lr 1.0 + momentum 0.95: each step moves the "
+      "weights by a quarter of their size; the loss climbs without reaching NaN.",
+      must=(C.LEARNING_RATE,), may=(C.UNSTABLE_LOSS, C.DIVERGENCE, C.UNDERFITTING, C.EXPLODING_GRADIENTS,
+                                     C.OVERFITTING, C.DEAD_RELU),
+      fixes={C.LEARNING_RATE: (K.LEARNING_RATE,)},
+      arch="MLP", optimizer="SGD+momentum", data="digits")
+def _lr_high(logdir: Path) -> None:
+    m = mlp([64, 64, 10])
+    fit(m, torch.optim.SGD(m.parameters(), 1.0, momentum=0.95), digits(), logdir, epochs=5, batch=64)
+
+
+# ============================================================================ hold-out (never tuned on)
+@case("holdout_healthy_transformer_adam", "3-layer TransformerEncoder (d=48, 6 heads, dropout 0.1) on longer "
+      "token sequences, Adam 5e-4, watched without optimizer=.",
+      holdout=True, arch="Transformer", optimizer="Adam", data="synthetic tokens")
+def _h_transformer(logdir: Path) -> None:
+    m = TokenTransformer(16, 16, d=48, heads=6, layers=3, ff=96, dropout=0.1)
+    fit(m, torch.optim.Adam(m.parameters(), 5e-4), token_sequences(600, 16, vocab=16, seed=3), logdir, epochs=6,
+        batch=32, pass_optimizer=False, seed=3)
+
+
+@case("holdout_healthy_wide_shallow_sgd", "One hidden layer of 1024 ReLU units on standardized breast cancer, "
+      "plain SGD 0.01, per-step loss logged.",
+      holdout=True, arch="wide MLP", optimizer="SGD", data="breast_cancer")
+def _h_wide(logdir: Path) -> None:
+    m = mlp([30, 1024, 2])
+    fit(m, torch.optim.SGD(m.parameters(), 0.01), breast_cancer(seed=5), logdir, epochs=12, batch=16, seed=5,
+        log_step_loss=True)
+
+
+@case("holdout_healthy_bn_cnn_adam", "BatchNorm CNN (16/32 channels) on digit images, Adam 1e-3.",
+      holdout=True, arch="CNN+BatchNorm", optimizer="Adam", data="digits")
+def _h_bn_cnn(logdir: Path) -> None:
+    m = DigitsCNN(16, 32, bn=True)
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(image=True, seed=4), logdir, epochs=5, batch=64, seed=4)
+
+
+@case("holdout_dead_relu_cnn", "CNN on digit images whose conv biases start at −6: most channels never fire.",
+      must=(C.DEAD_RELU,), may=(C.UNDERFITTING, C.POOR_INIT, C.VANISHING_GRADIENTS, C.LEARNING_RATE),
+      fixes={C.DEAD_RELU: (K.ACTIVATION, K.INIT)},
+      holdout=True, arch="CNN", optimizer="SGD+momentum", data="digits")
+def _h_dead_cnn(logdir: Path) -> None:
+    m = DigitsCNN(16, 16)
+    with torch.no_grad():
+        m.conv1.bias.fill_(-6.0)
+        m.conv2.bias.fill_(-6.0)
+    fit(m, torch.optim.SGD(m.parameters(), 0.01, momentum=0.9), digits(image=True, seed=2), logdir, epochs=4,
+        batch=64, seed=2)
+
+
+@case("holdout_exploding_gru_linear_stack", "GRU followed by a 5-layer ReLU stack with std = 2.5× He, SGD "
+      "(gradients blow up towards the GRU).",
+      must=(C.EXPLODING_GRADIENTS,), may=(C.POOR_INIT, C.DIVERGENCE, C.UNSTABLE_LOSS, C.LEARNING_RATE,
+                                           C.DEAD_RELU, C.UNDERFITTING, C.OVERFITTING),
+      fixes={C.EXPLODING_GRADIENTS: (K.CLIPPING,)},
+      holdout=True, arch="GRU + MLP", optimizer="SGD", data="synthetic regression sequences")
+def _h_exploding_gru(logdir: Path) -> None:
+    class GruStack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(2, 32, batch_first=True)
+            self.stack = mlp([32] + [96] * 5 + [1])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, _ = self.gru(x)
+            return self.stack(out[:, -1])
+
+    m = GruStack()
+    init_normal(m.stack, lambda mod: 2.5 * math.sqrt(2.0 / _fan_in(mod)))
+    fit(m, torch.optim.SGD(m.parameters(), 1e-4), regression_sequences(seed=6), logdir, epochs=4, batch=32, seed=6)
+
+
+@case("holdout_overfitting_cnn", "CNN (16/48 channels) on 80 digit images for 40 epochs, Adam.",
+      must=(C.OVERFITTING,), may=(C.LEARNING_RATE,),
+      fixes={C.OVERFITTING: (K.EARLY_STOPPING, K.REGULARIZATION)},
+      holdout=True, arch="CNN", optimizer="Adam", data="digits (80 samples)")
+def _h_overfit_cnn(logdir: Path) -> None:
+    m = DigitsCNN(16, 48)
+    fit(m, torch.optim.Adam(m.parameters(), 2e-3), digits(image=True, n_train=80, seed=7), logdir, epochs=40,
+        batch=40, every=10, seed=7)
+
+
+@case("holdout_vanishing_sigmoid_wine", "7 sigmoid layers of width 48 on standardized wine, SGD+momentum.",
+      must=(C.VANISHING_GRADIENTS,), may=(C.UNDERFITTING, C.LEARNING_RATE, C.POOR_INIT),
+      fixes={C.VANISHING_GRADIENTS: (K.ACTIVATION,)},
+      holdout=True, arch="deep MLP (sigmoid)", optimizer="SGD+momentum", data="wine")
+def _h_vanishing(logdir: Path) -> None:
+    m = mlp([13] + [48] * 7 + [3], "sigmoid")
+    fit(m, torch.optim.SGD(m.parameters(), 0.01, momentum=0.9), wine(seed=8), logdir, epochs=15, batch=16,
+        seed=8)
+
+
+@case("holdout_divergence_lstm", "LSTM regression with SGD lr 30: the loss overflows to NaN.",
+      must=(C.DIVERGENCE,), may=(C.EXPLODING_GRADIENTS, C.UNSTABLE_LOSS, C.LEARNING_RATE, C.UNDERFITTING,
+                                  C.SATURATION),
+      fixes={C.DIVERGENCE: (K.LEARNING_RATE,)},
+      holdout=True, arch="LSTM", optimizer="SGD", data="synthetic regression sequences")
+def _h_divergence(logdir: Path) -> None:
+    m = SeqNet(nn.LSTM, 2, 32, 1)
+    fit(m, torch.optim.SGD(m.parameters(), 30.0), regression_sequences(seed=9), logdir, epochs=3, batch=32, seed=9)
+
+
+@case("holdout_saturation_tanh_raw_diabetes", "tanh MLP regressing diabetes from raw features (ages, blood "
+      "pressures in their units), RMSprop.",
+      must=(C.SATURATION, C.UNNORMALIZED_INPUT), may=(C.UNDERFITTING, C.VANISHING_GRADIENTS, C.LEARNING_RATE,
+                                                      C.UNSTABLE_LOSS, C.OVERFITTING),
+      fixes={C.SATURATION: (K.INIT,), C.UNNORMALIZED_INPUT: (K.NORMALIZATION,)},
+      holdout=True, arch="MLP (tanh)", optimizer="RMSprop", data="diabetes (raw)")
+def _h_saturation(logdir: Path) -> None:
+    m = mlp([10, 48, 48, 1], "tanh")
+    fit(m, torch.optim.RMSprop(m.parameters(), 1e-3), diabetes(raw=True), logdir, epochs=10, batch=32, seed=10)
+
+
+@case("holdout_underfitting_bottleneck", "ReLU MLP on digits squeezed through a 1-unit bottleneck.",
+      must=(C.UNDERFITTING,), may=(C.DEAD_RELU, C.LEARNING_RATE),
+      fixes={C.UNDERFITTING: (K.CAPACITY,)},
+      holdout=True, arch="MLP (bottleneck)", optimizer="AdamW", data="digits")
+def _h_underfit(logdir: Path) -> None:
+    m = mlp([64, 1, 10])
+    fit(m, torch.optim.AdamW(m.parameters(), 1e-2), digits(seed=11), logdir, epochs=6, batch=64, seed=11)
+
+
+@case("holdout_poor_init_cnn_std1", "CNN on digit images with every conv/linear weight drawn from N(0, 1), Adam.",
+      must=(C.POOR_INIT,), may=(C.EXPLODING_GRADIENTS, C.DIVERGENCE, C.UNSTABLE_LOSS, C.LEARNING_RATE,
+                                 C.DEAD_RELU, C.UNDERFITTING, C.OVERFITTING),
+      fixes={C.POOR_INIT: (K.INIT,)},
+      holdout=True, arch="CNN", optimizer="Adam", data="digits")
+def _h_poor_init(logdir: Path) -> None:
+    m = init_normal(DigitsCNN(16, 32), 1.0)
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(image=True, seed=12), logdir, epochs=3, batch=64, seed=12)
+
+
+@case("holdout_lr_too_low_cnn", "CNN on digit images with SGD+momentum lr 1e-6.",
+      must=(C.LEARNING_RATE, C.UNDERFITTING), may=(),
+      fixes={C.LEARNING_RATE: (K.LEARNING_RATE,)},
+      holdout=True, arch="CNN", optimizer="SGD+momentum", data="digits")
+def _h_lr_low(logdir: Path) -> None:
+    m = DigitsCNN(8, 16)
+    fit(m, torch.optim.SGD(m.parameters(), 1e-6, momentum=0.9), digits(image=True, seed=13), logdir, epochs=3,
+        batch=64, seed=13)
+
+
+@case("holdout_unstable_cnn_sgdm", "CNN on digit images with SGD lr 0.2 + momentum 0.9, batches of 32, per-step "
+      "loss logged: it climbs back from 0.5 to 2.9 and bounces.",
+      must=(C.UNSTABLE_LOSS,), may=(C.LEARNING_RATE, C.DEAD_RELU, C.UNDERFITTING, C.EXPLODING_GRADIENTS,
+                                     C.OVERFITTING, C.DIVERGENCE),
+      fixes={C.UNSTABLE_LOSS: (K.LEARNING_RATE,)},
+      holdout=True, arch="CNN", optimizer="SGD+momentum", data="digits")
+def _h_unstable(logdir: Path) -> None:
+    m = DigitsCNN(8, 16)
+    fit(m, torch.optim.SGD(m.parameters(), 0.2, momentum=0.9), digits(image=True, seed=14), logdir, epochs=4,
+        batch=32, seed=14, log_step_loss=True)
+
+
+CALIBRATION: list[Case] = [c for c in CASES if not c.holdout]
+HOLDOUT: list[Case] = [c for c in CASES if c.holdout]
+BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
