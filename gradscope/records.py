@@ -202,6 +202,8 @@ class StepRecord:
     lr: tuple[float, ...] = ()                     # learning rate per optimizer param group
     input: InputStats | None = None
     skipped: bool = False                          # the optimizer step was skipped (AMP GradScaler inf/nan)
+    clip_norm: float | None = None                 # total grad norm at optimizer-step time (after the user's
+    #                                                clipping); below grad_norm means clipping is active
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -217,6 +219,8 @@ class StepRecord:
             d["input"] = self.input.to_dict()
         if self.skipped:
             d["skipped"] = True
+        if self.clip_norm is not None:
+            d["clip_norm"] = _num(self.clip_norm)
         return d
 
     @classmethod
@@ -230,7 +234,7 @@ class StepRecord:
             grad_norm=d.get("grad_norm"),
             grad_norm_steps=tuple((int(s), v) for s, v in d.get("grad_norm_steps", ())),
             lr=tuple(d.get("lr", ())), input=None if inp is None else InputStats.from_dict(inp),
-            skipped=bool(d.get("skipped", False)),
+            skipped=bool(d.get("skipped", False)), clip_norm=d.get("clip_norm"),
         )
 
 

@@ -26,6 +26,10 @@ from gradscope.records import (
 )
 from gradscope.storage import RawLog, log_files, read_log
 
+CLIP_RTOL = 1e-3
+"""Relative drop of the total gradient norm between the end of backward and the optimizer step that counts
+as clipping: two fp32 norms of the same gradients differ by ~1e-6, a clip that binds changes it by more."""
+
 CANONICAL_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "train_error", "val_error")
 """Metric names the fit rules read (``scope.log(...)`` keys or mapped TensorBoard tags)."""
 
@@ -60,6 +64,7 @@ class Run:
     lr: list[tuple[float, ...]] = field(default_factory=list)           # per recorded step
     inputs: list[tuple[int, InputStats]] = field(default_factory=list)
     skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))           # (S,)
+    clip_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (S,) grad norm the optimizer saw
     metrics: dict[str, Series] = field(default_factory=dict)
     nonfinite: list[NonFiniteRecord] = field(default_factory=list)
     completed: bool = False
@@ -75,6 +80,15 @@ class Run:
         """Training steps seen (the last step index + 1), not just the recorded ones."""
         last = [int(a[-1]) for a in (self.all_steps, self.steps) if a.size]
         return max(last) + 1 if last else 0
+
+    @property
+    def clipping(self) -> bool:
+        """Gradient clipping is active: on some recorded step the optimizer stepped with a smaller total
+        gradient norm than backward produced (measured with ``watch(..., optimizer=)``)."""
+        n = min(self.clip_norm.size, self.grad_norm.size)
+        c, g = self.clip_norm[:n], self.grad_norm[:n]
+        ok = np.isfinite(c) & np.isfinite(g)
+        return bool(np.any(c[ok] < g[ok] * (1.0 - CLIP_RTOL)))
 
     def layer_index(self, name: str) -> int:
         for i, la in enumerate(self.layers):
@@ -130,6 +144,7 @@ def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
         lr=[m.lr for m in meta],
         inputs=[(m.step, m.input) for m in meta if m.input is not None],
         skipped=np.array([m.skipped for m in meta], dtype=bool),
+        clip_norm=np.array([np.nan if m.clip_norm is None else m.clip_norm for m in meta], dtype=float),
         metrics={k: Series(np.array([s for s, _ in v], dtype=np.int64), np.array([x for _, x in v], dtype=float))
                  for k, v in metrics.items()},
         nonfinite=list(raw.nonfinite),

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -56,6 +56,10 @@ from gradscope.stats import (
     saturating,
 )
 from gradscope.storage import LogWriter, log_path
+from gradscope.tensorboard import DEFAULT_HISTOGRAMS
+
+if TYPE_CHECKING:
+    from gradscope.report import Report
 
 DEFAULT_EVERY = 10
 """Record every 10th step by default: recording every step costs up to ~1.2× on CPU; every 10th keeps the
@@ -129,10 +133,12 @@ class Watch:
         warmup: int = DEFAULT_WARMUP,
         layers: LayerFilter = None,
         tensorboard: bool = True,
+        histograms: int | None = DEFAULT_HISTOGRAMS,
         optimizer: torch.optim.Optimizer | None = None,
         dead_window: int = DEFAULT_DEAD_WINDOW,
         saturation_derivative: float = DEFAULT_SATURATION_DERIVATIVE,
         check_finite: bool = True,
+        scaler: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"gradscope.watch() needs a torch.nn.Module, got {type(model).__name__}: {model!r:.80}")
@@ -148,6 +154,16 @@ class Watch:
         self.saturation_derivative = float(saturation_derivative)
         self.check_finite = check_finite
         self.rank, self.world_size = _rank()
+        self._scaler_obj = scaler   # holds no model reference; dropped by close()
+        self._scale_seen: tuple[int, int] | None = None   # (id, _version) of the scaler's scale at backward
+        self._skip_now = False                 # this step was skipped by the scaler (seen sync-free)
+        self._skipped: set[int] = set()         # steps whose gradients were non-finite under the scaler
+        self._pre: torch.Tensor | None = None  # per-parameter grad norms at optimizer-step time
+        # Distributed: read gradients after DDP/FSDP have reduced them (see _end_of_backward).
+        self._defer = self.world_size > 1 or isinstance(model, nn.parallel.DistributedDataParallel)
+        self._late = False
+        self._tracing = False
+        inner = getattr(model, "_orig_mod", model)   # torch.compile's OptimizedModule: watch the model inside
         self.logdir = Path(logdir)
         self.path = log_path(self.logdir, self.rank)
         self._model_ref = weakref.ref(model)
@@ -156,8 +172,8 @@ class Watch:
         self._closed = False
         self._handles: list[RemovableHandle] = []
 
-        self._layers: list[LayerSpec] = find_layers(model, layers)
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._layers: list[LayerSpec] = find_layers(inner, layers)
+        named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
         self._param_names = [n for n, _ in named]
         self._params: list[torch.nn.Parameter] = [p for _, p in named]
         owner = {pn: la.name for la in self._layers for pn in la.params}
@@ -188,11 +204,11 @@ class Watch:
 
         self._writer = LogWriter(self.path)   # fails here, at attach, when the logdir is unwritable
         self._tb = None
-        if tensorboard:
+        if tensorboard and self.rank == 0:   # one mirror per run: rank 0's; every rank writes its own log
             from gradscope.tensorboard import TensorBoardMirror
 
-            self._tb = TensorBoardMirror(self.logdir, self._layers, self._param_names)
-        self._writer.write(self._header(model, optimizer).to_dict())
+            self._tb = TensorBoardMirror(self.logdir, self._layers, self._param_names, histograms=histograms)
+        self._writer.write(self._header(inner, optimizer).to_dict())
         self._attach(model, optimizer)
 
     # ----------------------------------------------------------------------------------------- public API
@@ -231,6 +247,18 @@ class Watch:
         if self._tb is not None:
             self._tb.metrics(s, values)
 
+    def report(self) -> Report:
+        """Diagnose the run so far from its log (``gradscope report`` on it) and, with TensorBoard on, write
+        the diagnosis and the gradient-flow image to TensorBoard now."""
+        from gradscope.tensorboard import diagnose_logdir
+
+        rep = diagnose_logdir(self.logdir)
+        if rep is None:
+            raise GradscopeError(f"gradscope: cannot diagnose {self.logdir}")
+        if self._tb is not None and not self._closed:
+            self._tb.write_summary(rep)
+        return rep
+
     def close(self) -> None:
         """Finish the open step, remove every hook, flush and close the files. Safe to call twice."""
         if self._closed:
@@ -242,6 +270,8 @@ class Watch:
             tail = self._flush_checks()
             if tail:   # total gradient norms of the steps after the last record
                 self._writer.write({"kind": "grad_norms", "steps": [[st, v] for st, v in tail]})
+                if self._tb is not None:
+                    self._tb.grad_norms(tail)
             self._writer.write(CloseRecord(step=self._step, time=time.perf_counter() - self._t0).to_dict())
         finally:
             for h in self._handles:
@@ -256,7 +286,7 @@ class Watch:
             # Drop every reference into the user's model and data.
             self._layers, self._params, self._acc, self._probes = [], [], {}, []
             self._snap = self._wnorm = self._input = None
-            self._pgn = None
+            self._pgn = self._pre = self._scaler_obj = None
             self._last_active.clear()
             self._checks.clear()
 
@@ -281,8 +311,9 @@ class Watch:
     # ------------------------------------------------------------------------------------------- attach
     def _header(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Header:
         with torch.no_grad():
-            moments = [torch.std_mean(p.detach().float(), correction=0) if p.numel() > 1
-                       else (torch.zeros(()), p.detach().float().reshape(())) for p in self._params]
+            local = [_local(p.detach()) for p in self._params]
+            moments = [torch.std_mean(p.float(), correction=0) if p.numel() > 1
+                       else (torch.zeros(()), p.float().reshape(())) for p in local]
             flat = torch.stack([torch.stack([m.cpu(), s.cpu()]) for s, m in moments]).tolist() if moments else []
         params = tuple(
             ParamInfo(name=n, layer=la, shape=tuple(p.shape), numel=p.numel(),
@@ -298,17 +329,19 @@ class Watch:
             step_unit="optimizer" if optimizer is not None else "forward", model=type(model).__name__,
             layers=layers, params=params, optimizer=_optimizer_meta(optimizer),
             extra={"python": platform.python_version(), "device": str(self._params[0].device) if self._params
-                   else "cpu", "update_sample": UPDATE_SAMPLE},
+                   else "cpu", "update_sample": UPDATE_SAMPLE,
+                   "sharded": any(_local(p) is not p for p in self._params)},
         )
 
     def _sample_indices(self) -> list[torch.Tensor | None]:
         gen = torch.Generator().manual_seed(0)   # private: the global RNG is never touched
         out: list[torch.Tensor | None] = []
         for p in self._params:
-            if p.numel() <= UPDATE_SAMPLE:
+            n = _local(p).numel()
+            if n <= UPDATE_SAMPLE:
                 out.append(None)
             else:
-                idx = torch.randint(0, p.numel(), (UPDATE_SAMPLE,), generator=gen)
+                idx = torch.randint(0, n, (UPDATE_SAMPLE,), generator=gen)
                 out.append(idx.to(p.device))
         return out
 
@@ -319,13 +352,16 @@ class Watch:
         for spec in self._layers:
             h.append(spec.module.register_forward_hook(self._layer_hook(spec.index)))
         if optimizer is not None:
+            h.append(optimizer.register_step_pre_hook(self._optimizer_pre))
             h.append(optimizer.register_step_post_hook(self._optimizer_post))
 
     # ------------------------------------------------------------------------------------- step control
     def _root_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if torch.compiler.is_compiling():
+            return   # traced by torch.compile (a torch.nn container as root): no Python state in a graph
         if self._in_fwd or not (module.training and torch.is_grad_enabled()):
             return
-        if self._open and self._optimizer_ref is None:
+        if self._open and (self._optimizer_ref is None or self._scaler_skipped()):
             self._end_step()
         if not self._open:
             self._begin_step()
@@ -335,15 +371,26 @@ class Watch:
             if x is not None and x.is_floating_point():
                 with torch.no_grad():
                     self._input = input_stats(x)
-        if self._tracer is not None:
+        # Under torch.compile the tracer (a TorchFunctionMode) would be traced into the graph: skip it there.
+        self._tracing = self._tracer is not None and not _compile_region(module)
+        if self._tracing and self._tracer is not None:
             self._tracer.__enter__()
 
     def _root_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if torch.compiler.is_compiling():
+            # Traced into a torch.compile graph (a model compiled after watch()): no Python state in here. A hook
+            # on the outputs runs eagerly in backward and opens the step there (_compiled_step).
+            if self._params and module.training and torch.is_grad_enabled():
+                for t in all_tensors(output):
+                    if t.is_floating_point() and t.requires_grad:
+                        t.register_hook(self._compiled_step)
+            return
         if not self._in_fwd:
             return
         self._in_fwd = False
         tracer = self._tracer
-        if tracer is not None:
+        if tracer is not None and self._tracing:
+            self._tracing = False
             tracer.__exit__(None, None, None)
             self._acts = {self._layers[i].name: a for i, a in tracer.acts.items()}
             for i, a in tracer.acts.items():
@@ -376,26 +423,76 @@ class Watch:
         self._probes = []
         self._pgn = None
         self._input = None
+        self._pre = None
+        self._skip_now = False
+        self._scale_seen = None
         if self._rec:
             self._rec_idx += 1
             with torch.no_grad():
                 self._snap = [self._sample(i, p) for i, p in enumerate(self._params)]
-                self._wnorm = torch._foreach_norm([p.detach() for p in self._params]) if self._params else None
+                self._wnorm = torch._foreach_norm([_local(p.detach()) for p in self._params]) if self._params else None
 
     def _sample(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        flat = p.detach().reshape(-1)
+        flat = _local(p.detach()).reshape(-1)
         idx = self._samples[i]
         return (flat if idx is None else flat[idx]).to(torch.float32, copy=True)
 
+    def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """On recorded steps, the gradient norms the optimizer is about to use (after the user's clipping and
+        the GradScaler's unscaling): below the end-of-backward norms means gradient clipping is active."""
+        closure = kwargs.get("closure") if kwargs else (args[0] if args else None)
+        if closure is not None:
+            return   # step(closure): backward has not run yet; _optimizer_post reads the gradients instead
+        if self._open and self._rec and self._pgn is not None:
+            grads = [self._params[i].grad for i in self._pgn[0]]
+            if all(g is not None for g in grads):
+                with torch.no_grad():
+                    self._pre = _norms([_local(g) for g in grads if g is not None])
+
+    def _scaler(self) -> Any:
+        scaler = self._scaler_obj
+        if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
+            return None
+        return scaler
+
+    def _unscale(self, norms: torch.Tensor) -> torch.Tensor:
+        """Norms of scaled gradients ÷ the GradScaler's scale, on the device (no sync). At the end of backward
+        gradients are always still scaled: ``unscale_`` can only run after backward."""
+        scaler = self._scaler()
+        if scaler is None:
+            return norms
+        scale = getattr(scaler, "_scale", None)
+        if isinstance(scale, torch.Tensor):
+            self._scale_seen = (id(scale), scale._version)
+            return norms / scale.to(device=norms.device, dtype=norms.dtype)
+        get = getattr(scaler, "get_scale", None)   # a scaler-like object without a scale tensor: one host read
+        return norms / float(get()) if get is not None else norms
+
+    def _scaler_skipped(self) -> bool:
+        """With ``optimizer=``: the scaler ran ``update()`` since this step's backward (its scale tensor changed
+        version, read without a sync) but the optimizer never stepped: the scaler skipped the step."""
+        scaler = self._scaler()
+        scale = getattr(scaler, "_scale", None) if scaler is not None else None
+        if self._scale_seen is None or not isinstance(scale, torch.Tensor):
+            return False
+        if (id(scale), scale._version) != self._scale_seen:
+            self._skip_now = True
+            return True
+        return False
+
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._open:
+            if self._pre is None:
+                # ``step(closure)`` (Lightning, LBFGS): the pre-step hook ran before the closure's backward.
+                # torch's optimizers do not modify ``.grad``, so after the step it still holds what they used.
+                self._optimizer_pre(optimizer, (), {})
             self._end_step()
 
     # ------------------------------------------------------------------------------------------ hooks
     def _layer_hook(self, index: int) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not self._in_fwd:
-                return
+            if torch.compiler.is_compiling() or not self._in_fwd:
+                return   # inside a torch.compile graph layer hooks do nothing (docs/setups.md)
             x = first_tensor(output)
             if x is None or not x.is_floating_point():
                 return
@@ -419,6 +516,17 @@ class Watch:
             with torch.no_grad():
                 accumulate_grad(self._acc[index], g)
 
+    def _compiled_step(self, g: torch.Tensor) -> None:
+        """First output gradient of a backward whose forward ran inside a compiled graph (the root's hooks were
+        traced, so no step was opened in forward): a step is one backward, or one optimizer step."""
+        if self._closed or self._bwd_queued:
+            return
+        if self._open and self._optimizer_ref is None:
+            self._end_step()
+        if not self._open:
+            self._begin_step()
+        self._output_grad(g)
+
     def _output_grad(self, g: torch.Tensor) -> None:
         if not self._bwd_queued and self._open:
             self._bwd_queued = True
@@ -429,16 +537,22 @@ class Watch:
         self._bwd_queued = False
         if not self._open:
             return
+        if self._defer and not self._late:
+            # DDP and FSDP reduce gradients in end-of-backward callbacks of their own, queued during this
+            # backward, so here the gradients are still local; a callback queued now runs after theirs.
+            self._late = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+            return
+        self._late = False
         idx = [i for i, p in enumerate(self._params) if p.grad is not None]
         if not idx:
             return
         with torch.no_grad():
-            grads = [self._params[i].grad for i in idx]
-            if all(g.dtype == torch.float32 for g in grads):
-                norms = torch.stack(torch._foreach_norm(grads))
-            else:   # fp16/bf16 grads: norms in fp32, an fp16 norm overflows at 65504
-                norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+            grads = [_local(self._params[i].grad) for i in idx]
+            norms = self._unscale(_norms(grads))
             self._pgn = (idx, norms)
+            if self._tb is not None and self._rec and self._tb.histogram_due(self._rec_idx):
+                self._tb.capture(self._step, [(self._param_names[i], self._params[i]) for i in idx])
             if self._checks and self._checks[-1][:2] == (self._step, 1):
                 self._checks.pop()    # another backward in the same step (accumulation): the last one counts
             self._checks.append((self._step, 1, idx, norms))
@@ -465,6 +579,9 @@ class Watch:
             if kind == 1:
                 sq = sum(v * v for v in chunk)
                 totals.append((step, _finite(math.sqrt(sq)) if math.isfinite(sq) else None))
+                if not math.isfinite(sq) and self._scaler() is not None:
+                    self._skipped.add(step)   # the GradScaler skips exactly these steps: not a divergence
+                    continue
             if not self._nf_written and self.check_finite:
                 bad = [i for i, v in zip(ids, chunk, strict=True) if not math.isfinite(v)]
                 if bad:
@@ -521,6 +638,8 @@ class Watch:
             if self._pgn is not None:
                 idx, norms = self._pgn
                 put("pgn", norms, idx)
+            if self._pre is not None:
+                put("pre", self._pre)
             if self._params and self._wnorm is not None and self._snap is not None:
                 put("wnorm", torch.stack(self._wnorm))
                 new = [self._sample(i, p) for i, p in enumerate(self._params)]
@@ -573,6 +692,7 @@ class Watch:
         wn = dw = w0 = None
         hist: list[tuple[int, float | None]] = []
         inp = None
+        pre: float | None = None
         off = 0
         for what, n, extra in layout:
             chunk = values[off:off + n]
@@ -583,6 +703,8 @@ class Watch:
             elif what == "pgn":
                 for j, v in zip(extra, chunk, strict=True):
                     pg[j] = v
+            elif what == "pre":
+                pre = math.sqrt(sum(v * v for v in chunk))
             elif what == "wnorm":
                 wn = chunk
             elif what == "dw":
@@ -607,10 +729,39 @@ class Watch:
         lr = tuple(float(g["lr"]) for g in opt.param_groups) if opt is not None else ()
         total = hist[-1][1] if hist and hist[-1][0] == self._step else None
         rec = StepRecord(step=self._step, time=time.perf_counter() - self._t0, layers=tuple(layer_rows),
-                         params=tuple(param_rows), grad_norm=total, grad_norm_steps=tuple(hist), lr=lr, input=inp)
+                         params=tuple(param_rows), grad_norm=total, grad_norm_steps=tuple(hist), lr=lr, input=inp,
+                         skipped=self._skip_now or self._step in self._skipped, clip_norm=_finite(pre))
+        self._skipped.clear()
         self._writer.write(rec.to_dict())
         if self._tb is not None:
             self._tb.step(rec)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2 parameters and gradients): statistics never trigger a collective."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor L2 norms in fp32 (an fp16 norm overflows at 65504), one stacked tensor."""
+    if all(g.dtype == torch.float32 for g in grads):
+        return torch.stack(torch._foreach_norm(grads))
+    return torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+
+
+def _compile_region(module: nn.Module) -> bool:
+    """The forward about to run is compiled: ``module`` is torch.compile's wrapper (its hooks run eagerly, the
+    forward inside is compiled), or we are already inside a compiled call."""
+    if getattr(module, "_orig_mod", None) is not None:
+        return True
+    try:
+        from torch._C._dynamo.eval_frame import get_eval_frame_callback
+
+        cb = get_eval_frame_callback()
+        return cb is not None and cb is not False
+    except Exception:  # pragma: no cover - older/newer torch without this function
+        return False
 
 
 def _finite(v: float | None) -> float | None:
@@ -637,20 +788,27 @@ def watch(
     warmup: int = DEFAULT_WARMUP,
     layers: LayerFilter = None,
     tensorboard: bool = True,
+    histograms: int | None = DEFAULT_HISTOGRAMS,
     optimizer: torch.optim.Optimizer | None = None,
     dead_window: int = DEFAULT_DEAD_WINDOW,
     saturation_derivative: float = DEFAULT_SATURATION_DERIVATIVE,
     check_finite: bool = True,
+    scaler: Any = None,
 ) -> Watch:
     """Attach gradscope to ``model`` and log its training health to ``logdir``.
 
     ``every``: record statistics every N training steps (the first ``warmup`` steps are always recorded).
     ``layers``: which layers to watch: a regex or glob over module names, a list of globs, or
     ``callable(name, module) -> bool``. ``tensorboard``: mirror the statistics into TensorBoard event files
-    in ``logdir``. ``optimizer``: make optimizer steps the step boundaries (gradient accumulation = one
+    in ``logdir``. ``histograms``: TensorBoard histograms of weights and gradients on every N-th recorded
+    step (``None``/0: none). ``optimizer``: make optimizer steps the step boundaries (gradient accumulation = one
     step) and record learning rates. ``check_finite``: find the first NaN/Inf on every step (a ``sum`` per
-    layer per step).
+    layer per step). ``scaler``: the ``torch.amp.GradScaler`` of a mixed-precision loop: gradient norms are
+    recorded unscaled (divided by the scale on the device, no sync) and steps the scaler skipped (inf/NaN
+    gradients) are labelled ``skipped`` instead of being reported as a NaN/Inf. See docs/setups.md for
+    torch.compile, DDP/FSDP2 and AMP.
     """
     return Watch(model, logdir, every=every, warmup=warmup, layers=layers, tensorboard=tensorboard,
+                 histograms=histograms,
                  optimizer=optimizer, dead_window=dead_window, saturation_derivative=saturation_derivative,
-                 check_finite=check_finite)
+                 check_finite=check_finite, scaler=scaler)

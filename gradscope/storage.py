@@ -98,6 +98,7 @@ class StepMeta:
     lr: tuple[float, ...]
     input: InputStats | None
     skipped: bool
+    clip_norm: float | None = None   # grad norm at optimizer-step time
 
 
 @dataclass
@@ -125,7 +126,8 @@ class RawLog:
     def steps(self) -> list[StepRecord]:
         return [StepRecord(step=m.step, time=m.time, layers=_rows(self.layer_array[i]),
                            params=_rows(self.param_array[i]), grad_norm=m.grad_norm,
-                           grad_norm_steps=m.grad_norm_steps, lr=m.lr, input=m.input, skipped=m.skipped)
+                           grad_norm_steps=m.grad_norm_steps, lr=m.lr, input=m.input, skipped=m.skipped,
+                           clip_norm=m.clip_norm)
                 for i, m in enumerate(self.step_meta)]
 
 
@@ -201,7 +203,7 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
                 meta = StepMeta(step=int(d["step"]), time=float(d.get("time", 0.0)), grad_norm=d.get("grad_norm"),
                                 grad_norm_steps=tuple((int(st), v) for st, v in d.get("grad_norm_steps", ())),
                                 lr=tuple(d.get("lr", ())), input=None if inp is None else InputStats.from_dict(inp),
-                                skipped=bool(d.get("skipped", False)))
+                                skipped=bool(d.get("skipped", False)), clip_norm=d.get("clip_norm"))
                 layer_rows.append(la)
                 param_rows.append(pa)
                 log.step_meta.append(meta)
