@@ -207,6 +207,16 @@ def layer_rows(run: Run) -> list[LayerRow]:
             for i, la in enumerate(run.layers)]
 
 
+CLIPPING_NOTE = ("gradient clipping is active: the optimizer stepped with a smaller gradient norm than backward "
+                 "produced; the gradient norms reported here are the pre-clip ones")
+
+
+def _notes(d: Diagnosis) -> tuple[str, ...]:
+    """The diagnosis' notes, plus what the report knows from the run itself (clipping)."""
+    extra = (CLIPPING_NOTE,) if d.run.clipping and CLIPPING_NOTE not in d.notes else ()
+    return tuple(d.notes) + extra
+
+
 def _status(run: Run) -> str:
     if not run.has_log:
         return "no gradscope log (TensorBoard scalars only)"
@@ -314,7 +324,8 @@ class Report:
             "metrics": _metrics_summary(run),
             "baseline_error": d.baseline_error,
             "not_evaluated": [ne.to_dict() for ne in d.not_evaluated],
-            "notes": list(d.notes),
+            "clipping": run.clipping,
+            "notes": list(_notes(d)),
             "problems": problems,
         }
 
@@ -396,10 +407,10 @@ class Report:
             out.append("")
             out += [f"- `{ne.code.value}`: {_md_escape(ne.reason)}" for ne in d.not_evaluated]
             out.append("")
-        if d.notes:
+        if _notes(d):
             out.append("### Notes")
             out.append("")
-            out += [f"- {_md_escape(n)}" for n in d.notes]
+            out += [f"- {_md_escape(n)}" for n in _notes(d)]
             out.append("")
         problems = list(self._run_problems[index])
         if len(self.diagnoses) == 1:
@@ -504,9 +515,9 @@ class Report:
             for ne in d.not_evaluated:
                 grid.add_row(ne.code.value, ne.reason)
             yield Padding(grid, (0, 0, 1, 2), expand=False)
-        if d.notes:
+        if _notes(d):
             yield Text("Notes", style="bold")
-            yield Padding(Group(*(Text(f"- {n}") for n in d.notes)), (0, 0, 1, 2), expand=False)
+            yield Padding(Group(*(Text(f"- {n}") for n in _notes(d))), (0, 0, 1, 2), expand=False)
         problems = list(self._run_problems[index])
         if len(self.diagnoses) == 1:
             problems = self._problems + problems

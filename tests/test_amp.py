@@ -7,6 +7,7 @@ off: the tests see real skipped steps, not a simulation.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -193,3 +194,20 @@ def test_scaler_like_object_with_a_static_scale(tmp_path: Path) -> None:
     with gradscope.watch(model, tmp_path, every=1, tensorboard=False, scaler=_ManualScaler(1024.0)):
         (F.cross_entropy(model(x), y) * 1024.0).backward()
     assert read_log(log_path(tmp_path)).steps[0].grad_norm == pytest.approx(want, rel=1e-5)
+
+
+def test_report_says_clipping_is_active(tmp_path: Path) -> None:
+    from gradscope.report import CLIPPING_NOTE, report
+
+    for name, max_norm in (("tight", 1e-3), ("loose", 1e6)):
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        with gradscope.watch(model, tmp_path / name, every=1, tensorboard=False, optimizer=opt):
+            for x, y in _data(3):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                opt.step()
+        rep = report(tmp_path / name)
+        assert (CLIPPING_NOTE in rep.to_markdown()) == (name == "tight")
+        assert json.loads(rep.to_json())["run"]["clipping"] == (name == "tight")
