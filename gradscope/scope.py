@@ -122,7 +122,21 @@ def _plain(v: Any) -> Any:
 
 
 class Watch:
-    """A watched model. Create with :func:`gradscope.watch`; ``close()`` (or ``with``) removes every hook."""
+    """A watched model: attach gradscope to ``model`` and log its training health to ``logdir``.
+
+    ``close()`` (or leaving a ``with`` block) removes every hook; it is safe to call twice.
+
+    ``every``: record statistics every N training steps (the first ``warmup`` steps are always recorded).
+    ``layers``: which layers to watch: a regex or glob over module names, a list of globs, or
+    ``callable(name, module) -> bool``. ``tensorboard``: mirror the statistics into TensorBoard event files
+    in ``logdir``. ``histograms``: TensorBoard histograms of weights and gradients on every N-th recorded
+    step (``None``/0: none). ``optimizer``: make optimizer steps the step boundaries (gradient accumulation = one
+    step) and record learning rates. ``check_finite``: find the first NaN/Inf on every step (a ``sum`` per
+    layer per step). ``scaler``: the ``torch.amp.GradScaler`` of a mixed-precision loop: gradient norms are
+    recorded unscaled (divided by the scale on the device, no sync) and steps the scaler skipped (inf/NaN
+    gradients) are labelled ``skipped`` instead of being reported as a NaN/Inf. See docs/setups.md for
+    torch.compile, DDP/FSDP2 and AMP.
+    """
 
     def __init__(
         self,
@@ -782,35 +796,6 @@ def _layer_row(chunk: list[float], count: int, calls: int) -> tuple[float | None
             None if math.isnan(gsq) else _finite(math.sqrt(gsq)) if gsq >= 0 else None, calls)
 
 
-def watch(
-    model: nn.Module,
-    logdir: str | os.PathLike[str] = "runs/gradscope",
-    *,
-    every: int = DEFAULT_EVERY,
-    warmup: int = DEFAULT_WARMUP,
-    layers: LayerFilter = None,
-    tensorboard: bool = True,
-    histograms: int | None = DEFAULT_HISTOGRAMS,
-    optimizer: torch.optim.Optimizer | None = None,
-    dead_window: int = DEFAULT_DEAD_WINDOW,
-    saturation_derivative: float = DEFAULT_SATURATION_DERIVATIVE,
-    check_finite: bool = True,
-    scaler: Any = None,
-) -> Watch:
-    """Attach gradscope to ``model`` and log its training health to ``logdir``.
-
-    ``every``: record statistics every N training steps (the first ``warmup`` steps are always recorded).
-    ``layers``: which layers to watch: a regex or glob over module names, a list of globs, or
-    ``callable(name, module) -> bool``. ``tensorboard``: mirror the statistics into TensorBoard event files
-    in ``logdir``. ``histograms``: TensorBoard histograms of weights and gradients on every N-th recorded
-    step (``None``/0: none). ``optimizer``: make optimizer steps the step boundaries (gradient accumulation = one
-    step) and record learning rates. ``check_finite``: find the first NaN/Inf on every step (a ``sum`` per
-    layer per step). ``scaler``: the ``torch.amp.GradScaler`` of a mixed-precision loop: gradient norms are
-    recorded unscaled (divided by the scale on the device, no sync) and steps the scaler skipped (inf/NaN
-    gradients) are labelled ``skipped`` instead of being reported as a NaN/Inf. See docs/setups.md for
-    torch.compile, DDP/FSDP2 and AMP.
-    """
-    return Watch(model, logdir, every=every, warmup=warmup, layers=layers, tensorboard=tensorboard,
-                 histograms=histograms,
-                 optimizer=optimizer, dead_window=dead_window, saturation_derivative=saturation_derivative,
-                 check_finite=check_finite, scaler=scaler)
+watch = Watch
+"""``gradscope.watch(model, logdir, **options)``: the one-line attach. An alias of :class:`Watch`, so that the
+options are declared (and documented) once."""
