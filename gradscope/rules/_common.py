@@ -198,3 +198,49 @@ def output_layer(run: Run) -> int | None:
     """Index of the last weighted layer (the model's head), if any."""
     w = weighted_layers(run)
     return w[-1][0] if w else None
+
+
+def first_divergent_step(run: Run) -> int | None:
+    """The first training step at which the run's numbers stopped being finite, or None.
+
+    Counts a ``nonfinite`` record (loss, activation, output, gradient) on a step an AMP GradScaler did not
+    skip, a recorded step whose activations held NaN/Inf (``layer_stats["nonfinite"]``) or whose activation
+    variance is NaN/Inf while elements were counted, and non-finite parameter gradients on a step that was not
+    skipped. A GradScaler skips overflowing steps on purpose and recovers: those are not divergence."""
+    skipped = run.skipped if run.skipped.shape == run.steps.shape else np.zeros(run.steps.shape, dtype=bool)
+    skipped_steps = set(run.steps[skipped].tolist())
+    cands: list[int] = []
+    for rec in run.nonfinite:
+        if rec.step in skipped_steps and rec.where != "loss":
+            continue
+        cands.append(int(rec.step))
+    if run.steps.size:
+        bad = np.zeros(run.steps.shape, dtype=bool)
+        nf = stat(run, "layer", "nonfinite")
+        if nf is not None:
+            bad |= (np.nan_to_num(nf, nan=0.0) > 0).any(axis=1)
+        var, cnt = stat(run, "layer", "var"), stat(run, "layer", "count")
+        if var is not None and cnt is not None:
+            counted = np.nan_to_num(cnt, nan=0.0) > 0
+            bad |= (counted & ~np.isfinite(var)).any(axis=1)
+        gnf = stat(run, "param", "grad_nonfinite")
+        if gnf is not None:
+            bad |= (np.nan_to_num(gnf, nan=0.0) > 0).any(axis=1) & ~skipped
+        if skipped.any():
+            # Under a scaler, an overflow on a skipped step is routine; only non-skipped steps count.
+            bad &= ~skipped
+        if bad.any():
+            cands.append(int(run.steps[bad].min()))
+    return min(cands) if cands else None
+
+
+def finite_rows(run: Run) -> np.ndarray:
+    """Boolean mask over recorded steps: True before the run diverged (see ``first_divergent_step``).
+
+    Statistics recorded at or after the first non-finite value describe NaN weights, not the model: a NaN
+    activation is never positive, so every ReLU unit would look dead and every saturating unit pinned. The
+    activation and initialization rules judge only the rows this mask keeps."""
+    first = first_divergent_step(run)
+    if first is None:
+        return np.ones(run.steps.shape, dtype=bool)
+    return run.steps < first

@@ -14,6 +14,8 @@ from gradscope.records import DYING_ACTIVATIONS, SATURATING_ACTIVATIONS
 from gradscope.rules._common import (
     Context,
     RuleResult,
+    finite_rows,
+    first_divergent_step,
     fmt_steps,
     nanmedian,
     need_steps,
@@ -47,12 +49,26 @@ def _unit_fraction_rule(run: Run, th: Thresholds, code: Code, field: str, acts: 
     if num is None or units is None:
         return NotEvaluated(code, f"the log has no per-unit '{field}' counts")
     frac_all = safe_div(num[:, cand], units[:, cand])
+    # Rows at/after divergence describe NaN weights (a NaN is never positive: every unit would look dead),
+    # and single rows with non-finite activations (an AMP overflow the scaler skipped) say nothing either.
+    keep = finite_rows(run)
+    nf = stat(run, "layer", "nonfinite")
+    if nf is not None:
+        keep &= ~(np.nan_to_num(nf[:, cand], nan=0.0) > 0).any(axis=1)
+    diverged = first_divergent_step(run)
+    if keep.sum() < th.min_recorded_steps:
+        return NotEvaluated(code, f"only {int(keep.sum())} recorded step(s) before the run diverged at step "
+                                  f"{diverged}; activations after it are NaN/Inf" if diverged is not None else
+                                  f"only {int(keep.sum())} recorded step(s) with finite activations")
+    frac_all = np.where(keep[:, None], frac_all, np.nan)
     start = 0
     if code is Code.DEAD_RELU and run.header is not None:
         # The window is full only after dead_window recorded steps; before that "dead" means "inactive so far".
-        start = min(max(run.header.dead_window - 1, 0), max(frac_all.shape[0] - 1, 0))
-    frac = frac_all[start:]
-    steps_all = run.steps[start:]
+        start = min(max(run.header.dead_window - 1, 0), max(int(keep.sum()) - 1, 0))
+    # Judge the rows before divergence only: the tail of training is the tail of the finite part.
+    rows = np.nonzero(keep)[0][start:]
+    frac = frac_all[rows]
+    steps_all = run.steps[rows]
     if np.isfinite(frac).sum() == 0:
         return NotEvaluated(code, f"no finite '{field}' counts on the watched layers")
     tail = tail_slice(frac.shape[0], th)
@@ -66,7 +82,7 @@ def _unit_fraction_rule(run: Run, th: Thresholds, code: Code, field: str, acts: 
         la = run.layers[i]
         n_units = float(nanmedian(units[:, i]))
         units_txt = str(int(n_units)) if np.isfinite(n_units) else "?"
-        dm = float(nanmedian(dmean[start:][tail, i])) if dmean is not None else float("nan")
+        dm = float(nanmedian(dmean[rows][tail, i])) if dmean is not None else float("nan")
         by_derivative = np.isfinite(dm) and dm < th.saturation_dmean
         if not (np.isfinite(m) and m >= warn_at) and not by_derivative:
             continue
@@ -89,6 +105,8 @@ def _unit_fraction_rule(run: Run, th: Thresholds, code: Code, field: str, acts: 
             evidence["derivative_threshold"] = th.saturation_dmean
         if code is Code.DEAD_RELU and run.header is not None:
             evidence["dead_window"] = run.header.dead_window
+        if diverged is not None:
+            evidence["judged_before_divergence_at"] = diverged
         findings.append(Finding(code, severity, _TITLES[code], msg, layers=(la.name,), steps=steps,
                                 evidence=evidence,
                                 confidence=min(1.0, 0.5 + (m if np.isfinite(m) else 0.0) / 2)))
@@ -107,7 +125,8 @@ def dead_relu(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     Detected when, for a layer followed by ReLU/ReLU6, the fraction of units never positive over the last
     ``header.dead_window`` recorded steps (median over the last ``tail_fraction`` of training) is at least
     ``dead_fraction`` (error at ``dead_fraction_error``). Leaky/ELU/GELU-like activations are not judged:
-    their units keep a gradient for negative inputs.
+    their units keep a gradient for negative inputs. Only recorded steps before the run's first non-finite
+    value count: a NaN activation is never positive, so after divergence every unit would look dead.
 
     Why it matters: a ReLU unit whose pre-activation is negative for every input gets zero gradient forever
     (its weights never change), so a dead layer has lost that share of its capacity for good.
@@ -130,7 +149,8 @@ def saturation(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     ``saturation_fraction`` (error at ``saturation_fraction_error``), or the layer's mean normalized derivative
     is below ``saturation_dmean`` (most inputs land in the flat tails even if no single unit is pinned on
     every sample). The output layer is not judged: a
-    confident classifier's output sigmoid is saturated by design.
+    confident classifier's output sigmoid is saturated by design. Only recorded steps before the run's first
+    non-finite value count.
 
     Why it matters: tanh'(z) = 1 − tanh²(z) and σ'(z) = σ(z)(1 − σ(z)) go to 0 for large |z|, so the
     gradient through a saturated unit is (almost) zero and the layers below it stop learning.

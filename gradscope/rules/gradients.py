@@ -19,10 +19,12 @@ from gradscope.rules._common import (
     Context,
     RuleResult,
     early_count,
+    finite_rows,
     fmt_num,
     fmt_steps,
     nanmedian,
     need_steps,
+    output_layer,
     pct,
     safe_div,
     stat,
@@ -62,6 +64,21 @@ def _valid_steps(run: Run) -> np.ndarray:
     return ok
 
 
+def _hidden_output_ratio(run: Run) -> tuple[np.ndarray, list[int]] | None:
+    """(S,) norm of the loss gradient w.r.t. the first weighted layer's output over that w.r.t. the last
+    *hidden* weighted layer's output, and the weighted layer indices; None with fewer than three weighted
+    layers or no per-layer gradient norms.
+
+    The head is left out on purpose: its output gradient (∂L/∂logits) follows other laws (a pooled or
+    last-time-step readout divides the gradient that reaches each token or time step), while hidden layers of
+    a healthy stack pass on a gradient of about the same norm (Glorot & Bengio 2010, backward variance)."""
+    w = [i for i, _ in weighted_layers(run)]
+    lg = stat(run, "layer", "grad_norm")
+    if len(w) < 3 or lg is None:
+        return None
+    return safe_div(lg[:, w[0]], lg[:, w[-2]]), w
+
+
 def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """Vanishing gradients: the first layers get (almost) no gradient and stop learning.
 
@@ -70,8 +87,12 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     Detected when, on at least ``persistence`` of the recorded steps, the first weighted layer's relative
     gradient ||∇W||/||W|| is below ``vanishing_ratio`` times the last weighted layer's (depth ratio), or its
     root-mean-square gradient element is below the absolute ``vanishing_floor`` while it also gets less than
-    ``vanishing_floor_ratio`` of the last layer's. An error below ``vanishing_ratio_error``. A converged model
-    whose every gradient is tiny is not flagged (the ratio stays near 1).
+    ``vanishing_floor_ratio`` of the last layer's; or when the norm of the loss gradient w.r.t. the first
+    weighted layer's output is below ``vanishing_hidden_ratio`` times that w.r.t. the last hidden layer's
+    output (the backpropagated signal itself fades through the stack — it catches stacks whose forward signal
+    shrinks as much as the backward one, where the weight-relative measure stays near 1, as in stacked RNNs
+    initialized too small). An error below ``vanishing_ratio_error``. A converged model whose every gradient
+    is tiny is not flagged (the ratios stay near 1).
 
     Why it matters: backpropagation multiplies the gradient by each layer's weights and activation derivative;
     factors below one compound exponentially with depth (sigmoid' ≤ 0.25; Glorot & Bengio 2010), so early
@@ -83,57 +104,113 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     code = Code.VANISHING_GRADIENTS
     if (ne := need_steps(run, th, code)) is not None:
         return ne
+    ok_steps = _valid_steps(run) & finite_rows(run)
     dg = _depth_gradients(run)
-    if dg is None:
+    hid = _hidden_output_ratio(run)
+    if dg is None and hid is None:
         return NotEvaluated(code, "fewer than two layers with gradient statistics; a depth ratio needs two")
-    g, idx, measure = dg
-    first, last = g[:, 0], g[:, -1]
-    ratio = safe_div(first, last)
-    valid = np.isfinite(ratio) & _valid_steps(run)
-    if valid.sum() < th.min_recorded_steps:
-        return NotEvaluated(code, f"only {int(valid.sum())} recorded step(s) with finite gradients")
-    floor_hit = np.zeros_like(valid)
-    pg = stat(run, "param", "grad_norm")
-    first_layer = run.layers[idx[0]]
-    pidx = {p.name: i for i, p in enumerate(run.params)}
-    if pg is not None and first_layer.weight in pidx:
-        p = pidx[first_layer.weight]
-        numel = max(run.params[p].numel, 1)
-        rms_first = pg[:, p] / math.sqrt(numel)
+    # Measure 1: relative weight gradient, first over last weighted layer.
+    frac = 0.0
+    valid = np.zeros_like(ok_steps)
+    cond = np.zeros_like(ok_steps)
+    floor_hit = np.zeros_like(ok_steps)
+    ratio = np.full(ok_steps.shape, np.nan)
+    if dg is not None:
+        g, idx, measure = dg
+        first, last = g[:, 0], g[:, -1]
+        ratio = safe_div(first, last)
+        valid = np.isfinite(ratio) & ok_steps
+        pg = stat(run, "param", "grad_norm")
+        first_layer = run.layers[idx[0]]
+        pidx = {p.name: i for i, p in enumerate(run.params)}
+        if pg is not None and first_layer.weight in pidx:
+            p = pidx[first_layer.weight]
+            numel = max(run.params[p].numel, 1)
+            rms_first = pg[:, p] / math.sqrt(numel)
+            with np.errstate(invalid="ignore"):
+                floor_hit = (rms_first < th.vanishing_floor) & (ratio < th.vanishing_floor_ratio)
         with np.errstate(invalid="ignore"):
-            floor_hit = (rms_first < th.vanishing_floor) & (ratio < th.vanishing_floor_ratio)
-    with np.errstate(invalid="ignore"):
-        cond = ((ratio < th.vanishing_ratio) | floor_hit) & valid
-    frac = float(cond.sum() / valid.sum())
-    if frac < th.persistence:
+            cond = ((ratio < th.vanishing_ratio) | floor_hit) & valid
+        if valid.sum() >= th.min_recorded_steps:
+            frac = float(cond.sum() / valid.sum())
+    # Measure 2: output-gradient norm, first over last hidden weighted layer.
+    hfrac = 0.0
+    hvalid = np.zeros_like(ok_steps)
+    hcond = np.zeros_like(ok_steps)
+    hratio = np.full(ok_steps.shape, np.nan)
+    if hid is not None:
+        hratio, wl = hid
+        hvalid = np.isfinite(hratio) & ok_steps
+        with np.errstate(invalid="ignore"):
+            hcond = (hratio < th.vanishing_hidden_ratio) & hvalid
+        if hvalid.sum() >= th.min_recorded_steps:
+            hfrac = float(hcond.sum() / hvalid.sum())
+    if valid.sum() < th.min_recorded_steps and hvalid.sum() < th.min_recorded_steps:
+        return NotEvaluated(code, f"only {int(max(valid.sum(), hvalid.sum()))} recorded step(s) with finite "
+                                  f"gradients")
+    by_relative, by_hidden = frac >= th.persistence, hfrac >= th.persistence
+    if not (by_relative or by_hidden):
         return []
-    med_ratio = float(nanmedian(ratio[valid]))
-    severity = Severity.ERROR if (med_ratio < th.vanishing_ratio_error or floor_hit[valid].mean() >= th.persistence) \
-        else Severity.WARNING
-    # Which layers starve: median gradient below vanishing_ratio × the last layer's.
-    per_layer = np.asarray(nanmedian(safe_div(g[valid], g[valid][:, -1:]), axis=0))
-    starving = [run.layers[idx[j]].name for j in range(len(idx) - 1)
-                if np.isfinite(per_layer[j]) and per_layer[j] < th.vanishing_ratio]
-    if not starving:
-        starving = [first_layer.name]
-    last_name = run.layers[idx[-1]].name
-    steps = step_range(run.steps[cond])
-    msg = (f"{first_layer.name}: gradient {fmt_num(med_ratio)}× that of {last_name} "
-           f"(median {measure} {fmt_num(float(nanmedian(first[valid])))} vs "
-           f"{fmt_num(float(nanmedian(last[valid])))}) on {pct(frac)} of recorded steps, {fmt_steps(steps)} "
-           f"(threshold {fmt_num(th.vanishing_ratio)}×)")
-    if floor_hit[valid].any():
-        msg += f"; below the absolute floor {fmt_num(th.vanishing_floor)} on {pct(float(floor_hit[valid].mean()))}"
-    evidence = {
-        "measure": measure, "median_depth_ratio": med_ratio, "fraction_of_steps": frac,
-        "first_layer": first_layer.name, "last_layer": last_name,
-        "per_layer_ratio": {run.layers[idx[j]].name: float(per_layer[j]) for j in range(len(idx))},
-        "threshold": th.vanishing_ratio, "floor": th.vanishing_floor,
-        "activations": sorted({run.layers[i].act or "none" for i in idx}),
-    }
-    confidence = min(1.0, 0.5 + 0.5 * frac) * (1.0 if measure.startswith("relative") else 0.8)
-    return [Finding(code, severity, "Vanishing gradients", msg, layers=tuple(starving), steps=steps,
-                    evidence=evidence, confidence=confidence)]
+    parts: list[str] = []
+    evidence: dict[str, object] = {"threshold": th.vanishing_ratio, "floor": th.vanishing_floor}
+    starving: list[str] = []
+    flagged = np.zeros_like(ok_steps)
+    severity = Severity.WARNING
+    acts: set[str] = set()
+    if by_relative and dg is not None:
+        g, idx, measure = dg
+        first_layer = run.layers[idx[0]]
+        med_ratio = float(nanmedian(ratio[valid]))
+        if med_ratio < th.vanishing_ratio_error or floor_hit[valid].mean() >= th.persistence:
+            severity = Severity.ERROR
+        # Which layers starve: median gradient below vanishing_ratio × the last layer's.
+        per_layer = np.asarray(nanmedian(safe_div(g[valid], g[valid][:, -1:]), axis=0))
+        starving += [run.layers[idx[j]].name for j in range(len(idx) - 1)
+                     if np.isfinite(per_layer[j]) and per_layer[j] < th.vanishing_ratio] or [first_layer.name]
+        last_name = run.layers[idx[-1]].name
+        part = (f"{first_layer.name}: gradient {fmt_num(med_ratio)}× that of {last_name} "
+                f"(median {measure} {fmt_num(float(nanmedian(g[:, 0][valid])))} vs "
+                f"{fmt_num(float(nanmedian(g[:, -1][valid])))}) on {pct(frac)} of recorded steps "
+                f"(threshold {fmt_num(th.vanishing_ratio)}×)")
+        if floor_hit[valid].any():
+            part += (f"; below the absolute floor {fmt_num(th.vanishing_floor)} on "
+                     f"{pct(float(floor_hit[valid].mean()))}")
+        parts.append(part)
+        flagged |= cond
+        evidence.update({"measure": measure, "median_depth_ratio": med_ratio, "fraction_of_steps": frac,
+                         "first_layer": first_layer.name, "last_layer": last_name,
+                         "per_layer_ratio": {run.layers[idx[j]].name: float(per_layer[j])
+                                             for j in range(len(idx))}})
+        acts |= {run.layers[i].act or "none" for i in idx}
+    if by_hidden and hid is not None:
+        hratio, wl = hid
+        hmed = float(nanmedian(hratio[hvalid]))
+        if hmed < th.vanishing_ratio_error and not by_relative:   # the weight measure, when it fired, rules
+            severity = Severity.ERROR
+        lg = stat(run, "layer", "grad_norm")
+        assert lg is not None
+        per = np.asarray(nanmedian(safe_div(lg[hvalid][:, wl[:-1]], lg[hvalid][:, wl[-2:-1]]), axis=0))
+        starving += [run.layers[wl[j]].name for j in range(len(wl) - 2)
+                     if np.isfinite(per[j]) and per[j] < th.vanishing_hidden_ratio] or [run.layers[wl[0]].name]
+        parts.append(f"the loss gradient reaching {run.layers[wl[0]].name}'s output is {fmt_num(hmed)}× the one "
+                     f"reaching {run.layers[wl[-2]].name}'s (median, on {pct(hfrac)} of recorded steps; "
+                     f"threshold {fmt_num(th.vanishing_hidden_ratio)}×)")
+        flagged |= hcond
+        evidence.update({"median_hidden_output_ratio": hmed, "hidden_fraction_of_steps": hfrac,
+                         "hidden_threshold": th.vanishing_hidden_ratio,
+                         "per_layer_output_ratio": {run.layers[wl[j]].name: float(per[j])
+                                                    for j in range(len(wl) - 1)}})
+        evidence.setdefault("first_layer", run.layers[wl[0]].name)
+        evidence.setdefault("median_depth_ratio", hmed)
+        evidence.setdefault("fraction_of_steps", hfrac)
+        acts |= {run.layers[i].act or "none" for i in wl}
+    evidence["activations"] = sorted(acts)
+    steps = step_range(run.steps[flagged])
+    msg = "; ".join(parts) + f" ({fmt_steps(steps)})"
+    best = max(frac, hfrac)
+    confidence = min(1.0, 0.5 + 0.5 * best) * (1.0 if by_relative else 0.8)
+    return [Finding(code, severity, "Vanishing gradients", msg, layers=tuple(dict.fromkeys(starving)),
+                    steps=steps, evidence=evidence, confidence=confidence)]
 
 
 def _total_weight_norm(run: Run) -> np.ndarray | None:
@@ -183,8 +260,12 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     the steps (depth ratio, the mirror of vanishing);
     the total gradient norm grows above ``exploding_growth`` × its early median on ``exploding_persistence`` of
     the later steps (this catches a model whose every layer grows alike, depth ratio ≈ 1);
-    a layer's activation std grows above ``exploding_activation_growth`` × its early value likewise;
-    the activation std grows by ``signal_depth_factor`` from the first to the last weighted layer;
+    a hidden layer's activation std grows above ``exploding_activation_growth`` × its early value likewise
+    (not the output layer: logits grow as a classifier becomes confident);
+    the activation std grows by ``signal_depth_factor`` from the first to the last weighted layer (on
+    ``persistence`` of the steps, or as the median of the early window — a signal that blows up through the
+    stack from the start — while the last layer's std is above ``exploding_activation_floor``; the early test
+    stands down when the input itself has a std above ``input_std_max``);
     the total gradient norm exceeds ``exploding_relative_grad`` × the total weight norm on ``persistence`` of
     the steps, or over the early window (huge from the very start, even if an adaptive optimizer tames it;
     not when the input itself has a std above ``input_std_max``, which ``unnormalized_input`` reports).
@@ -273,14 +354,17 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         std = np.sqrt(np.where(var >= 0, var, np.nan))
         k = early_count(std.shape[0], th)
         if std.shape[0] - k >= 1:
-            early = np.asarray(nanmedian(std[:k], axis=0))
+            early_std = np.asarray(nanmedian(std[:k], axis=0))
             with np.errstate(invalid="ignore", divide="ignore"):
-                grow = std[k:] / early
+                grow = std[k:] / early_std
                 hit = (grow > th.exploding_activation_growth) & (std[k:] > th.exploding_activation_floor)
             fin = np.isfinite(grow)
             fr = hit.sum(axis=0) / np.maximum(fin.sum(axis=0), 1)
+            # The head is left out: a classifier's logits are meant to grow as it grows confident (std 0.05
+            # at init → 10+ at 99 % accuracy), and a regression output grows to the target's scale.
+            head = output_layer(run)
             grown = [j for j in range(std.shape[1]) if fin[:, j].any() and fr[j] >= th.exploding_persistence
-                     and early[j] > 0]
+                     and early_std[j] > 0 and j != head]
             if grown:
                 worst = max(grown, key=lambda j: float(np.nanmax(grow[:, j])))
                 reasons.append(f"activation std of {', '.join(run.layers[j].name for j in grown[:3])}"
@@ -298,13 +382,23 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 with np.errstate(invalid="ignore"):
                     cond = (depth > th.signal_depth_factor) & (std[:, w[-1]] > th.exploding_activation_floor)
                 frac = float(cond.sum() / ok.sum())
-                if frac >= th.persistence:
-                    med = float(nanmedian(depth[ok]))
+                # Early window: a signal that blows up through the stack from the first steps, even if the
+                # first updates then shrink the weights (the same reasoning as the early gradient test below).
+                k = early_count(int(ok.sum()), th)
+                early_rows = np.nonzero(ok)[0][:k]
+                early_med = float(nanmedian(depth[early_rows]))
+                early_last = float(nanmedian(std[early_rows, w[-1]]))
+                early_hit = (early_med > th.signal_depth_factor and early_last > th.exploding_activation_floor
+                             and not _input_unscaled(run, th))
+                if frac >= th.persistence or early_hit:
+                    med = float(nanmedian(depth[ok])) if frac >= th.persistence else early_med
+                    when = "" if frac >= th.persistence else f" over the first {k} recorded steps"
                     reasons.append(f"activation std grows {fmt_num(med)}× from {run.layers[w[0]].name} to "
-                                   f"{run.layers[w[-1]].name} (threshold {fmt_num(th.signal_depth_factor)}×)")
+                                   f"{run.layers[w[-1]].name}{when} (threshold {fmt_num(th.signal_depth_factor)}×)")
                     evidence["activation_depth_growth"] = med
                     layers += [run.layers[i].name for i in w[1:]]
-                    flagged_steps += run.steps[cond].tolist()
+                    flagged_steps += run.steps[cond].tolist() if frac >= th.persistence else \
+                        run.steps[early_rows].tolist()
 
     # 6. Gradient huge relative to the weights, from the start.
     wn = _total_weight_norm(run)

@@ -12,6 +12,7 @@ from gradscope.rules._common import (
     Context,
     RuleResult,
     early_count,
+    finite_rows,
     fmt_num,
     nanmedian,
     output_layer,
@@ -101,10 +102,12 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     evidence: dict[str, object] = {}
     early_steps = None
     var = stat(run, "layer", "var")
-    if mis and var is not None and run.steps.size:
-        k = early_count(run.steps.size, th)
-        early_steps = (int(run.steps[0]), int(run.steps[k - 1]))
-        std = np.sqrt(np.where(var[:k] >= 0, var[:k], np.nan))
+    rows = np.nonzero(finite_rows(run))[0]   # statistics after divergence describe NaN weights
+    if mis and var is not None and rows.size:
+        k = early_count(rows.size, th)
+        early = rows[:k]
+        early_steps = (int(run.steps[early[0]]), int(run.steps[early[-1]]))
+        std = np.sqrt(np.where(var[early] >= 0, var[early], np.nan))
         wl = [li for li, _ in w]
         if len(wl) >= 2:
             depth = float(nanmedian(safe_div(std[:, wl[-1]], std[:, wl[0]])))
@@ -117,7 +120,7 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         if sat is not None and units is not None:
             for li, _, _ in mis:
                 if (run.layers[li].act or "").lower() in SATURATING_ACTIVATIONS:
-                    f = float(nanmedian(safe_div(sat[:k, li], units[:k, li])))
+                    f = float(nanmedian(safe_div(sat[early, li], units[early, li])))
                     if np.isfinite(f) and f >= th.saturation_fraction:
                         shows.append(f"{pct(f)} of {run.layers[li].name}'s units saturated on the first steps")
     related = [c.value for c in (Code.VANISHING_GRADIENTS, Code.EXPLODING_GRADIENTS, Code.SATURATION)

@@ -34,8 +34,10 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     is below ``lr_ratio_low`` or above ``lr_ratio_high`` (``lr_ratio_high_adaptive`` for Adam-like optimizers),
     and the per-step median is outside the band on at least ``persistence`` of the steps; or when the weight
     norms grew by ``lr_weight_growth`` or more over the run (median over layers of the largest
-    ||W_t||/||W_0||) — blown-up weights make later ratios look small although the steps were too large. Steps with no
-    update at all (a skipped or accumulating step, a zero learning rate) are left out. Normalization and
+    ||W_t||/||W_0||) — blown-up weights make later ratios look small although the steps were too large. Layers a
+    vanishing-gradients finding names are left out (they are slow because no gradient reaches them, not
+    because of the learning rate). Steps with no update at all (a skipped or accumulating step, a zero
+    learning rate) are left out. Normalization and
     embedding weights are not judged (their ratios follow other laws).
 
     Why it matters: the ratio says how far one step moves the weights relative to their size; ~1e-3 is the
@@ -43,7 +45,8 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     gradient's scale, so their ratio is ≈ lr / rms(w) and runs somewhat higher; the band is wider for them.
 
     Fixes: a learning rate scaled by target_ratio / observed_ratio (the ratio scales linearly with the
-    learning rate for SGD and, to first order, for Adam), or a learning-rate finder / schedule.
+    learning rate for SGD and, to first order, for Adam; for a rate too low the fastest layer's ratio is used,
+    so no layer is pushed past the target), or a learning-rate finder / schedule.
     """
     code = Code.LEARNING_RATE
     if (ne := need_steps(run, th, code)) is not None:
@@ -58,11 +61,20 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         r[~(r > 0)] = np.nan          # no update this step (accumulation, skipped, lr 0) or missing
     if run.skipped.shape[0] == r.shape[0]:
         r[run.skipped] = np.nan
-    per_step = np.asarray(nanmedian(r, axis=1))
+    # Layers starved by vanishing gradients move slowly whatever the learning rate: that is the vanishing
+    # finding's to report, and counting them would suggest a learning rate that blows up the healthy layers.
+    starved = {name for f in ctx.findings if f.code is Code.VANISHING_GRADIENTS and f.severity is not Severity.INFO
+               for name in f.layers}
+    judged = [j for j in range(len(w)) if run.layers[w[j][0]].name not in starved]
+    if not judged:
+        return NotEvaluated(code, "every weighted layer is starved by vanishing gradients (see that finding)")
+    per_step = np.asarray(nanmedian(r[:, judged], axis=1))
     ok = np.isfinite(per_step)
     if ok.sum() < th.min_recorded_steps:
         return NotEvaluated(code, f"only {int(ok.sum())} recorded step(s) with a weight update")
-    per_layer = np.asarray(nanmedian(r[ok], axis=0))
+    per_layer_all = np.asarray(nanmedian(r[ok], axis=0))
+    per_layer = np.full(len(w), np.nan)
+    per_layer[judged] = per_layer_all[judged]
     ratio = float(nanmedian(per_layer))
     adaptive = is_adaptive(run)
     high = th.lr_ratio_high_adaptive if adaptive else th.lr_ratio_high
@@ -88,7 +100,11 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             return [_too_high_by_growth(run, th, growth, ratio, adaptive, target)]
         return []
     lr = current_lr(run)
-    factor = target / ratio
+    # Too low: scale so that the fastest judged layer reaches the target, never past it (a multiplier taken
+    # from the median would push layers that already move normally far above the band). Too high: scale the
+    # median down to the target.
+    fastest = float(np.nanmax(per_layer)) if direction == "low" else ratio
+    factor = target / fastest
     suggested = lr * factor if lr is not None else None
     opt = optimizer_name(run) or "optimizer"
     steps = step_range(run.steps[ok & out])
@@ -100,7 +116,7 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         "median_update_ratio": ratio, "direction": direction, "threshold": bound, "target_ratio": target,
         "adaptive_optimizer": adaptive, "lr": lr, "suggested_lr": suggested, "lr_factor": factor,
         "per_layer_ratio": {run.layers[w[j][0]].name: float(per_layer[j]) for j in range(len(w))},
-        "fraction_of_steps": frac,
+        "fraction_of_steps": frac, "excluded_layers": sorted(starved & {run.layers[i].name for i, _ in w}),
     }
     title = f"Learning rate too {direction}"
     return [Finding(code, Severity.WARNING, title, msg, layers=tuple(bad_layers), steps=steps, evidence=evidence,
