@@ -1,16 +1,21 @@
 """Overhead of gradscope.watch: time per training step with ÷ without, same process, interleaved, repeated.
 
-    python benchmarks/overhead.py                 # all models, default and every-step settings
-    python benchmarks/overhead.py --models mlp --rounds 5 --steps 20
+    python benchmarks/overhead.py                       # all models, all settings
+    python benchmarks/overhead.py --models mlp --pairs 15
 
-Each round trains the same model for ``--steps`` steps plain, then with gradscope at each setting, in a
-rotating order; the reported ratio is the median over rounds of (instrumented step time ÷ plain step time).
-One intra-op thread, as in shared/PERF-NOTES.md, so that the two cores do not fight each other.
+Design, because this machine is a shared VM whose speed drifts by ±30% over seconds: two copies of the same
+model (same weights, same data) live in one process, one plain and one watched. They train in alternating
+blocks of ``--block`` steps (plain, watched, watched, plain, ...), so each watched block is timed next to a
+plain block under the same conditions, and the figure is the median over pairs of (watched block time ÷
+plain block time), with the interquartile range. With the default ``every=10`` a block of 10 steps holds
+exactly one recorded step, so the ratio is the steady-state average cost. One intra-op thread, as in
+shared/PERF-NOTES.md. The first ``warmup`` steps gradscope always records are run before timing starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -61,59 +66,76 @@ def transformer() -> tuple[nn.Module, Callable[[], tuple[torch.Tensor, torch.Ten
 
 MODELS = {"mlp": mlp, "cnn": cnn, "transformer": transformer}
 
+SETTINGS: dict[str, dict[str, object]] = {
+    "default (every 10)": {},
+    "every step": {"every": 1},
+    "hooks only (never recorded)": {"every": 10**9, "warmup": 0},
+}
 
-def run(model: nn.Module, data: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int,
-        setting: dict[str, object] | None, logdir: str, skip: int = 5) -> float:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    scope = gradscope.watch(model, logdir, **setting) if setting is not None else None
-    try:
-        x, y = data()
-        for _ in range(skip):   # past gradscope's always-recorded warm-up steps: steady state is measured
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
+
+class _Trainer:
+    def __init__(self, model: nn.Module, data: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.model = model
+        self.x, self.y = data()
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def block(self, steps: int) -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        return (time.perf_counter() - t0) / steps
+            self.opt.zero_grad()
+            F.cross_entropy(self.model(self.x), self.y).backward()
+            self.opt.step()
+        return time.perf_counter() - t0
+
+
+def measure(name: str, setting: dict[str, object], pairs: int, block: int, logdir: str) -> tuple[float, float,
+                                                                                                  float, float]:
+    """(median ratio, 25th percentile, 75th percentile, plain ms/step)."""
+    torch.manual_seed(0)
+    model, data = MODELS[name]()
+    plain, watched = _Trainer(model, data), _Trainer(copy.deepcopy(model), data)
+    scope = gradscope.watch(watched.model, logdir, **setting)
+    try:
+        warm = int(setting.get("warmup", gradscope.scope.DEFAULT_WARMUP))  # type: ignore[call-overload]
+        every = int(setting.get("every", gradscope.scope.DEFAULT_EVERY))  # type: ignore[call-overload]
+        plain.block(3)
+        watched.block(warm + (-warm) % min(every, block))   # align: each timed block holds one recorded step
+        ratios, plain_times = [], []
+        for i in range(pairs):
+            if i % 2:
+                w = watched.block(block)
+                p = plain.block(block)
+            else:
+                p = plain.block(block)
+                w = watched.block(block)
+            ratios.append(w / p)
+            plain_times.append(p / block)
     finally:
-        if scope is not None:
-            scope.close()
+        scope.close()
+    q = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), q[0], q[2], 1000 * statistics.median(plain_times)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mlp,cnn,transformer")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--pairs", type=int, default=15)
+    ap.add_argument("--block", type=int, default=10)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    settings: dict[str, dict[str, object]] = {
-        "default": {},
-        "every step": {"every": 1},
-    }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, {args.rounds} rounds × {args.steps} steps")
-    print(f"| model | plain ms/step | {' | '.join(settings)} |")
-    print(f"|---|---|{'---|' * len(settings)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, {args.pairs} interleaved pairs of "
+          f"{args.block}-step blocks; ratio = median (IQR) of watched ÷ plain block time")
+    print(f"| model | plain ms/step | {' | '.join(SETTINGS)} |")
+    print(f"|---|---|{'---|' * len(SETTINGS)}")
     for name in args.models.split(","):
-        torch.manual_seed(0)
-        model, data = MODELS[name]()
-        run(model, data, 3, None, "", skip=0)   # warm up allocator and kernels
-        ratios: dict[str, list[float]] = {k: [] for k in settings}
-        plain_times = []
-        with tempfile.TemporaryDirectory() as tmp:
-            for r in range(args.rounds):
-                order = list(settings)
-                order = order[r % len(order):] + order[: r % len(order)]
-                plain = run(model, data, args.steps, None, tmp)
-                plain_times.append(plain)
-                for k in order:
-                    t = run(model, data, args.steps, {**settings[k], "tensorboard": True}, f"{tmp}/{k}{r}")
-                    ratios[k].append(t / plain)
-        cells = " | ".join(f"{statistics.median(v):.3f}" for v in ratios.values())
-        print(f"| {name} | {1000 * statistics.median(plain_times):.1f} | {cells} |", flush=True)
+        cells = []
+        plain_ms = []
+        for setting in SETTINGS.values():
+            with tempfile.TemporaryDirectory() as tmp:
+                med, lo, hi, ms = measure(name, setting, args.pairs, args.block, tmp)
+            cells.append(f"{med:.3f} ({lo:.2f}–{hi:.2f})")
+            plain_ms.append(ms)
+        print(f"| {name} | {statistics.median(plain_ms):.1f} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -678,7 +678,7 @@ class Watch:
 
     def _layer_vector(self, i: int, acc: LayerAcc, dev: torch.device) -> torch.Tensor:
         """[s, ss, lo, hi, nonzero, nonfinite, units, inactive, dead, saturated, dmean, gsq] for layer i."""
-        nan = torch.tensor(float("nan"), device=dev, dtype=torch.float64)
+        nan = torch.tensor(float("nan"), device=dev)
         assert acc.unit_max is not None and acc.s is not None
         units = acc.unit_max.numel()
         active = acc.unit_max > 0
@@ -697,9 +697,10 @@ class Watch:
             dmean = per_unit.mean()
         else:
             saturated = dmean = nan
-        vals = [acc.s, acc.ss, acc.lo, acc.hi, acc.nonzero, acc.nonfinite, torch.tensor(units), inactive, dead,
-                saturated, dmean, acc.gsq if acc.gsq is not None else nan]
-        return torch.stack([v.to(device=dev, dtype=torch.float64).reshape(()) for v in vals])
+        vals = [acc.s, acc.ss, acc.lo, acc.hi, acc.nonzero, acc.nonfinite, torch.tensor(float(units), device=dev),
+                inactive, dead, saturated, dmean, acc.gsq if acc.gsq is not None else nan]
+        # One stack per layer; dtype conversion only where a value is not fp32 already (counts are int64).
+        return torch.stack([v if v.dtype == torch.float32 else v.float() for v in vals])
 
     def _write_record(self, values: list[float], layout: list[tuple[str, int, Any]]) -> None:
         n_layers, n_params = len(self._layers), len(self._params)

@@ -8,6 +8,7 @@ squares, and the presence of NaN/Inf from the sum, the sum of squares and the mi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -116,7 +117,7 @@ def count_nonfinite(flat: torch.Tensor, s: torch.Tensor, ss: torch.Tensor) -> to
     an accelerator the count is computed unconditionally to avoid a host sync inside a hook.
     """
     if flat.device.type == "cpu":
-        if bool(torch.isfinite(s)) and bool(torch.isfinite(ss)):
+        if math.isfinite(s.item()) and math.isfinite(ss.item()):   # .item() on CPU: a read, not a sync
             return torch.zeros((), dtype=torch.int64)
         return torch.count_nonzero(flat - flat)  # finite - finite = 0, Inf - Inf = NaN, NaN stays NaN
     return torch.count_nonzero(flat - flat)

@@ -51,10 +51,12 @@ if TYPE_CHECKING:
 TAG_PREFIXES = GRADSCOPE_TAG_PREFIXES
 """Every tag gradscope writes starts with one of these (the report's TensorBoard reader skips them)."""
 
-DEFAULT_HISTOGRAMS = 10
-"""Histograms of weights and gradients on every 10th recorded step (every 100 steps at the default
-``every=10``; the first recorded step always has them). A histogram costs ~5 ms per million values on one
-CPU core; at this rate the mirror stays inside the 1.05× overhead budget (docs/performance.md)."""
+DEFAULT_HISTOGRAMS = 50
+"""Histograms of weights and gradients on every 50th recorded step (every 500 steps at the default
+``every=10``; the first recorded step always has them). A set of histograms costs about as much as a whole
+training step of the benchmark MLP (~5 ms per million values on one CPU core): every 10th record it added
+~1.5% to the default overhead, every 50th ~0.3% (docs/performance.md). shared/PERF-NOTES.md: "record
+histograms rarely (every 50–100 steps or fewer)"."""
 
 HISTOGRAM_BINS = 64
 """Uniform bins between the finite min and max; TensorBoard re-bins for display (~30 buckets)."""

@@ -194,16 +194,17 @@ def test_report_midway_and_image_and_log_stays_source_of_truth(served: tuple[_Se
     assert "train_loss" in run.metrics and run.metrics["train_loss"].source != "tensorboard:gradscope/train_loss"
 
 
-def test_histograms_off_and_default_rate(tmp_path: Path) -> None:
+def test_histograms_off_and_rate(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _train(tmp_path / "off", histograms=0, inject=False)
-    _train(tmp_path / "default", histograms=DEFAULT_HISTOGRAMS, inject=False)
+    _train(tmp_path / "default", histograms=10, inject=False)
     off = EventAccumulator(str(tmp_path / "off")).Reload().Tags()
     assert off["histograms"] == [] and FLOW_TAG in off["images"]
     acc = EventAccumulator(str(tmp_path / "default"), size_guidance={"histograms": 0}).Reload()
     steps = [e.step for e in acc.Histograms("gradscope/weights/0.weight")]
     assert steps == [0, 16]          # record indices 0 and 10 (every=2 after a warmup of 5 steps)
+    assert DEFAULT_HISTOGRAMS >= 50  # rarely by default: a set of histograms costs about a training step
     with pytest.raises(ValueError, match="histograms"):
         gradscope.watch(nn.Linear(2, 2), tmp_path / "bad", histograms=-1)
 
