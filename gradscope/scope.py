@@ -82,6 +82,13 @@ UPDATE_SAMPLE = 8192
 smaller tensors): ||Δw||/||w|| is a ratio, so a sample of that size estimates it within ~2% for dense updates,
 and no copy of the weights is kept (a copy would add a model's size to peak memory)."""
 
+UPDATE_BLOCKS = 256
+"""The sample is 256 evenly spaced runs of 32 contiguous entries (two cache lines each), not 8192 scattered
+ones: a scattered gather right after backward cost ~130 µs per weight matrix here, the runs a few µs, and 256
+runs still spread over the whole tensor (256 different rows of a weight matrix, so per-unit differences in
+update size average out: on the 9000×300 layer of tests/test_watch.py, 64 runs of 128 were 7% off the exact
+ratio, 256 runs of 32 within the test's 5%)."""
+
 INPUT_STATS_STEPS = 5
 """Input statistics are taken on the first 5 recorded steps: the data distribution does not drift within a
 run the way activations do, and per-feature moments of the input are the costliest statistic."""
@@ -192,7 +199,7 @@ class Watch:
         self._params: list[torch.nn.Parameter] = [p for _, p in named]
         owner = {pn: la.name for la in self._layers for pn in la.params}
         self._param_layer = [owner.get(n) for n in self._param_names]
-        self._samples: list[torch.Tensor | None] = self._sample_indices()
+        self._samples: list[tuple[int, int] | None] = self._sample_layout()
 
         # Per-step state. ``_step`` is the index of the open (or last) step; -1 before the first.
         self._step = -1
@@ -347,16 +354,13 @@ class Watch:
                    "sharded": any(_local(p) is not p for p in self._params)},
         )
 
-    def _sample_indices(self) -> list[torch.Tensor | None]:
-        gen = torch.Generator().manual_seed(0)   # private: the global RNG is never touched
-        out: list[torch.Tensor | None] = []
+    def _sample_layout(self) -> list[tuple[int, int] | None]:
+        """Per parameter: None (small: sampled whole) or (stride, run length) of its evenly spaced runs."""
+        out: list[tuple[int, int] | None] = []
+        run = UPDATE_SAMPLE // UPDATE_BLOCKS
         for p in self._params:
             n = _local(p).numel()
-            if n <= UPDATE_SAMPLE:
-                out.append(None)
-            else:
-                idx = torch.randint(0, n, (UPDATE_SAMPLE,), generator=gen)
-                out.append(idx.to(p.device))
+            out.append(None if n <= UPDATE_SAMPLE else (n // UPDATE_BLOCKS, run))
         return out
 
     def _attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
@@ -448,10 +452,11 @@ class Watch:
 
     def _sample(self, i: int, p: torch.Tensor) -> torch.Tensor:
         flat = _local(p.detach()).reshape(-1)
-        idx = self._samples[i]
-        if idx is None:
+        layout = self._samples[i]
+        if layout is None:
             return flat.to(torch.float32, copy=True)
-        return torch.index_select(flat, 0, idx).float()   # index_select: ~4× faster than flat[idx] on CPU
+        stride, run = layout
+        return flat.as_strided((UPDATE_BLOCKS, run), (stride, 1)).to(torch.float32, copy=True)
 
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """On recorded steps, the gradient norms the optimizer is about to use (after the user's clipping and
