@@ -43,8 +43,8 @@ print(json.dumps({"base_kb": base, "peak_kb": peak}))
 
 
 def measure(name: str, steps: int, watched: bool, every: int, tb: bool = True) -> dict[str, int]:
-    out = subprocess.run([sys.executable, "-c", CHILD, name, str(steps), "1" if watched else "0", str(every), "1" if tb else "0"],
-                         capture_output=True, text=True, check=True)
+    argv = [name, str(steps), "1" if watched else "0", str(every), "1" if tb else "0"]
+    out = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory():
         for name in args.models.split(","):
-            for label, every in (("default", 10), ("every step", 1)):
+            for label, every in (("default", 20), ("every step", 1)):
                 plains = [measure(name, args.steps, False, every) for _ in range(args.repeats)]
                 watched = [measure(name, args.steps, True, every) for _ in range(args.repeats)]
                 p = min(r["peak_kb"] for r in plains)

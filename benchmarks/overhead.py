@@ -7,9 +7,10 @@ Design, because this machine is a shared VM whose speed drifts by ±30% over sec
 model (same weights, same data) live in one process, one plain and one watched. They train in alternating
 blocks of ``--block`` steps (plain, watched, watched, plain, ...), so each watched block is timed next to a
 plain block under the same conditions, and the figure is the median over pairs of (watched block time ÷
-plain block time), with the interquartile range. With the default ``every=10`` a block of 10 steps holds
-exactly one recorded step, so the ratio is the steady-state average cost. One intra-op thread, as in
-shared/PERF-NOTES.md. The first ``warmup`` steps gradscope always records are run before timing starts.
+plain block time), with the interquartile range. The block is 20 steps, so with the default ``every=20``
+each watched block holds exactly one recorded step and the ratio is the steady-state average cost. One
+intra-op thread, as in shared/PERF-NOTES.md. The first ``warmup`` steps gradscope always records run
+before timing starts.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def transformer() -> tuple[nn.Module, Callable[[], tuple[torch.Tensor, torch.Ten
 MODELS = {"mlp": mlp, "cnn": cnn, "transformer": transformer}
 
 SETTINGS: dict[str, dict[str, object]] = {
-    "default (every 10)": {},
+    "default (every 20)": {},
     "every step": {"every": 1},
     "hooks only (never recorded)": {"every": 10**9, "warmup": 0},
 }
@@ -120,7 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mlp,cnn,transformer")
     ap.add_argument("--pairs", type=int, default=15)
-    ap.add_argument("--block", type=int, default=10)
+    ap.add_argument("--block", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, {args.pairs} interleaved pairs of "

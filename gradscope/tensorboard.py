@@ -20,8 +20,8 @@ Scalars are written with ``add_scalar`` into one event file: ``add_scalars`` wou
 per key.
 
 Cost: scalars are written only on recorded steps (the per-step total gradient norms arrive in batches with
-each record). Histograms cost a few milliseconds per parameter tensor, so they are taken rarely (every 10th
-record by default, i.e. every 100 steps at ``every=10``), binned on the tensor's device with ``torch.histc``
+each record). Histograms cost a few milliseconds per parameter tensor, so they are taken rarely (every 50th
+record by default, i.e. every 1000 steps at ``every=20``), binned on the tensor's device with ``torch.histc``
 and passed with ``add_histogram_raw`` (``add_histogram`` bins in numpy on the host: 6–14× a step every step,
 shared/PERF-NOTES.md).
 """
@@ -52,8 +52,8 @@ TAG_PREFIXES = GRADSCOPE_TAG_PREFIXES
 """Every tag gradscope writes starts with one of these (the report's TensorBoard reader skips them)."""
 
 DEFAULT_HISTOGRAMS = 50
-"""Histograms of weights and gradients on every 50th recorded step (every 500 steps at the default
-``every=10``; the first recorded step always has them). A set of histograms costs about as much as a whole
+"""Histograms of weights and gradients on every 50th recorded step (every 1000 steps at the default
+``every=20``; the first recorded step always has them). A set of histograms costs about as much as a whole
 training step of the benchmark MLP (~5 ms per million values on one CPU core): every 10th record it added
 ~1.5% to the default overhead, every 50th ~0.3% (docs/performance.md). shared/PERF-NOTES.md: "record
 histograms rarely (every 50–100 steps or fewer)"."""
