@@ -8,7 +8,6 @@ a learning rate scaled from the observed update/weight ratio. Snippets assume ``
 
 from __future__ import annotations
 
-import keyword
 import math
 from collections.abc import Callable
 
@@ -20,6 +19,8 @@ from gradscope.rules._common import (
     current_lr,
     early_count,
     is_adaptive,
+    label,
+    module_path,
     nanmedian,
     optimizer_hparam,
     optimizer_name,
@@ -54,21 +55,6 @@ _SEQUENCE_TYPES = ("attention", "transformer", "lstm", "gru", "rnn", "embedding"
 
 
 # ---------------------------------------------------------------- names and numbers
-
-def module_path(name: str, root: str = "model") -> str:
-    """Python access path of a qualified module name: "fc2" → model.fc2, "encoder.0" → model.encoder[0]."""
-    if not name:
-        return root
-    out = root
-    for part in name.split("."):
-        if part.isdigit():
-            out += f"[{part}]"
-        elif part.isidentifier() and not keyword.iskeyword(part):
-            out += f".{part}"
-        else:
-            out = f"getattr({out}, {part!r})"
-    return out
-
 
 def _sig(x: float, digits: int = 2) -> str:
     """A value rounded for a snippet: 2 significant digits, Python-literal form."""
@@ -158,7 +144,7 @@ def _more(names: tuple[str, ...] | list[str]) -> str:
 
 
 def _list(names: tuple[str, ...] | list[str]) -> str:
-    return ", ".join(names[:MAX_LAYERS_IN_SNIPPET]) + _more(names)
+    return ", ".join(label(n) for n in names[:MAX_LAYERS_IN_SNIPPET]) + _more(names)
 
 
 def _lr_fix(run: Run, factor: float, why: str, new_lr: float | None = None) -> Fix:
@@ -325,7 +311,7 @@ def _overfitting(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     if hidden:
         la = _layer(run, hidden[0])
         if la is not None and la.fan_out:
-            fixes.append(Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {la.name}",
+            fixes.append(Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {label(la.name)}",
                              f"# {module_path(la.name)}: {la.fan_out} → {max(1, la.fan_out // WIDTH_FACTOR)} units"))
     return fixes
 
@@ -335,7 +321,7 @@ def _underfitting(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     hidden = _hidden(run) if run.header is not None else []
     if hidden and hidden[0].fan_out:
         la = hidden[0]
-        fixes.append(Fix(FixKind.CAPACITY, f"Use a bigger model: widen {la.name} ({la.fan_out} → "
+        fixes.append(Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({la.fan_out} → "
                          f"{la.fan_out * WIDTH_FACTOR} units) or add a hidden layer",
                          f"# {module_path(la.name)}: {la.type}(..., {la.fan_out}) → "
                          f"{la.type}(..., {la.fan_out * WIDTH_FACTOR})"))

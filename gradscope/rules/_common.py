@@ -5,6 +5,7 @@ Nothing here decides a verdict; the numbers that do live in ``Thresholds``.
 
 from __future__ import annotations
 
+import keyword
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,6 +36,27 @@ class Context:
 
 RuleResult = list[Finding] | NotEvaluated
 RuleFunc = Callable[[Run, Thresholds, Context], RuleResult]
+
+
+def module_path(name: str, root: str = "model") -> str:
+    """Python access path of a qualified module name: "fc2" → model.fc2, "encoder.0" → model.encoder[0]."""
+    if not name:
+        return root
+    out = root
+    for part in name.split("."):
+        if part.isdigit():
+            out += f"[{part}]"
+        elif part.isidentifier() and not keyword.iskeyword(part):
+            out += f".{part}"
+        else:
+            out = f"getattr({out}, {part!r})"
+    return out
+
+
+def label(name: str) -> str:
+    """How a message names a layer: its own name ("fc2", "encoder.layers.0.linear1"), or its access path when the
+    name is only an index ("0" → model[0]), which reads as a number otherwise ("0: gradient 1e-12× that of 24")."""
+    return name if any(c.isalpha() for c in name) else module_path(name)
 
 
 def no_log(code: Code) -> NotEvaluated:

@@ -17,6 +17,7 @@ from gradscope.rules._common import (
     finite_rows,
     first_divergent_step,
     fmt_steps,
+    label,
     nanmedian,
     need_steps,
     output_layer,
@@ -88,11 +89,11 @@ def _unit_fraction_rule(run: Run, th: Thresholds, code: Code, field: str, acts: 
             continue
         if np.isfinite(m) and m >= warn_at:
             severity = Severity.ERROR if m >= error_at else Severity.WARNING
-            msg = (f"{la.name}: {pct(m)} of {units_txt} units {describe} over {fmt_steps(steps)} "
+            msg = (f"{label(la.name)}: {pct(m)} of {units_txt} units {describe} over {fmt_steps(steps)} "
                    f"(median; threshold {pct(warn_at)})")
         else:
             severity = Severity.WARNING
-            msg = (f"{la.name}: mean {la.act} derivative {pct(dm)} of its maximum over {fmt_steps(steps)} "
+            msg = (f"{label(la.name)}: mean {la.act} derivative {pct(dm)} of its maximum over {fmt_steps(steps)} "
                    f"(median; threshold {pct(th.saturation_dmean)}); {pct(m) if np.isfinite(m) else '?'} of "
                    f"{units_txt} units saturated on their own")
         last = frac[:, j][np.isfinite(frac[:, j])]

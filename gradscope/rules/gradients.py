@@ -22,6 +22,7 @@ from gradscope.rules._common import (
     finite_rows,
     fmt_num,
     fmt_steps,
+    label,
     nanmedian,
     need_steps,
     output_layer,
@@ -168,7 +169,7 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         starving += [run.layers[idx[j]].name for j in range(len(idx) - 1)
                      if np.isfinite(per_layer[j]) and per_layer[j] < th.vanishing_ratio] or [first_layer.name]
         last_name = run.layers[idx[-1]].name
-        part = (f"{first_layer.name}: gradient {fmt_num(med_ratio)}× that of {last_name} "
+        part = (f"{label(first_layer.name)}: gradient {fmt_num(med_ratio)}× that of {label(last_name)} "
                 f"(median {measure} {fmt_num(float(nanmedian(g[:, 0][valid])))} vs "
                 f"{fmt_num(float(nanmedian(g[:, -1][valid])))}) on {pct(frac)} of recorded steps "
                 f"(threshold {fmt_num(th.vanishing_ratio)}×)")
@@ -192,8 +193,8 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         per = np.asarray(nanmedian(safe_div(lg[hvalid][:, wl[:-1]], lg[hvalid][:, wl[-2:-1]]), axis=0))
         starving += [run.layers[wl[j]].name for j in range(len(wl) - 2)
                      if np.isfinite(per[j]) and per[j] < th.vanishing_hidden_ratio] or [run.layers[wl[0]].name]
-        parts.append(f"the loss gradient reaching {run.layers[wl[0]].name}'s output is {fmt_num(hmed)}× the one "
-                     f"reaching {run.layers[wl[-2]].name}'s (median, on {pct(hfrac)} of recorded steps; "
+        parts.append(f"the loss gradient reaching {label(run.layers[wl[0]].name)}'s output is {fmt_num(hmed)}× the one "
+                     f"reaching {label(run.layers[wl[-2]].name)}'s (median, on {pct(hfrac)} of recorded steps; "
                      f"threshold {fmt_num(th.vanishing_hidden_ratio)}×)")
         flagged |= hcond
         evidence.update({"median_hidden_output_ratio": hmed, "hidden_fraction_of_steps": hfrac,
@@ -319,8 +320,8 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             frac = float(cond.sum() / ok.sum())
             if frac >= th.persistence:
                 med = float(nanmedian(ratio[ok]))
-                reasons.append(f"{run.layers[idx[0]].name} gets {fmt_num(med)}× the {measure} of "
-                               f"{run.layers[idx[-1]].name} on {pct(frac)} of steps "
+                reasons.append(f"{label(run.layers[idx[0]].name)} gets {fmt_num(med)}× the {measure} of "
+                               f"{label(run.layers[idx[-1]].name)} on {pct(frac)} of steps "
                                f"(threshold {fmt_num(th.exploding_ratio)}×)")
                 evidence["median_depth_ratio"] = med
                 layers.append(run.layers[idx[0]].name)
@@ -367,7 +368,7 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                      and early_std[j] > 0 and j != head]
             if grown:
                 worst = max(grown, key=lambda j: float(np.nanmax(grow[:, j])))
-                reasons.append(f"activation std of {', '.join(run.layers[j].name for j in grown[:3])}"
+                reasons.append(f"activation std of {', '.join(label(run.layers[j].name) for j in grown[:3])}"
                                f"{' …' if len(grown) > 3 else ''} grew up to "
                                f"{fmt_num(float(np.nanmax(grow[:, worst])))}× its early value "
                                f"(threshold {fmt_num(th.exploding_activation_growth)}×)")
@@ -393,8 +394,9 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 if frac >= th.persistence or early_hit:
                     med = float(nanmedian(depth[ok])) if frac >= th.persistence else early_med
                     when = "" if frac >= th.persistence else f" over the first {k} recorded steps"
-                    reasons.append(f"activation std grows {fmt_num(med)}× from {run.layers[w[0]].name} to "
-                                   f"{run.layers[w[-1]].name}{when} (threshold {fmt_num(th.signal_depth_factor)}×)")
+                    first, last = label(run.layers[w[0]].name), label(run.layers[w[-1]].name)
+                    reasons.append(f"activation std grows {fmt_num(med)}× from {first} to {last}{when} "
+                                   f"(threshold {fmt_num(th.signal_depth_factor)}×)")
                     evidence["activation_depth_growth"] = med
                     layers += [run.layers[i].name for i in w[1:]]
                     flagged_steps += run.steps[cond].tolist() if frac >= th.persistence else \

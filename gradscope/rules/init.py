@@ -14,6 +14,7 @@ from gradscope.rules._common import (
     early_count,
     finite_rows,
     fmt_num,
+    label,
     nanmedian,
     output_layer,
     param_index,
@@ -112,8 +113,8 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         if len(wl) >= 2:
             depth = float(nanmedian(safe_div(std[:, wl[-1]], std[:, wl[0]])))
             if np.isfinite(depth) and (depth > th.signal_depth_factor or depth < 1.0 / th.signal_depth_factor):
-                shows.append(f"activation std changes {fmt_num(depth)}× from {run.layers[wl[0]].name} to "
-                             f"{run.layers[wl[-1]].name} on the first steps (threshold "
+                shows.append(f"activation std changes {fmt_num(depth)}× from {label(run.layers[wl[0]].name)} to "
+                             f"{label(run.layers[wl[-1]].name)} on the first steps (threshold "
                              f"{fmt_num(th.signal_depth_factor)}× either way)")
                 evidence["early_activation_depth_ratio"] = depth
         sat, units = stat(run, "layer", "saturated"), stat(run, "layer", "units")
@@ -122,7 +123,7 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 if (run.layers[li].act or "").lower() in SATURATING_ACTIVATIONS:
                     f = float(nanmedian(safe_div(sat[early, li], units[early, li])))
                     if np.isfinite(f) and f >= th.saturation_fraction:
-                        shows.append(f"{pct(f)} of {run.layers[li].name}'s units saturated on the first steps")
+                        shows.append(f"{pct(f)} of {label(run.layers[li].name)}'s units saturated on the first steps")
     related = [c.value for c in (Code.VANISHING_GRADIENTS, Code.EXPLODING_GRADIENTS, Code.SATURATION)
                if ctx.has(c)]
     if mis and related:
@@ -139,7 +140,7 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             per_layer[la.name] = {"init_var": actual, "target_var": tgt.variance, "scheme": tgt.scheme,
                                   "ratio": q, "activation": la.act, "nonlinearity": tgt.nonlinearity,
                                   "fan_in": la.fan_in, "fan_out": la.fan_out}
-            parts.append(f"{la.name}: init variance {fmt_num(actual)} is {fmt_num(q)}× the "
+            parts.append(f"{label(la.name)}: init variance {fmt_num(actual)} is {fmt_num(q)}× the "
                          f"{tgt.scheme.capitalize()} target {fmt_num(tgt.variance)} for "
                          f"{la.act or 'no activation'} (threshold {fmt_num(th.poor_init_factor)}× either way)")
     for li in symmetric:
@@ -150,7 +151,7 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                               "scheme": tgt.scheme if tgt else None, "ratio": 0.0, "activation": la.act,
                               "nonlinearity": tgt.nonlinearity if tgt else "relu", "fan_in": la.fan_in,
                               "fan_out": la.fan_out, "symmetric": True}
-        parts.append(f"{la.name}: all weights equal at init (std 0) — its units never become different")
+        parts.append(f"{label(la.name)}: all weights equal at init (std 0) — its units never become different")
     if not parts:
         return []
     msg = "; ".join(parts)
