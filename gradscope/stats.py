@@ -65,6 +65,21 @@ def _unit_view(x: torch.Tensor, unit_dim: int) -> torch.Tensor:
     return x.movedim(d, 0).reshape(x.shape[d], -1)
 
 
+def _per_unit(x: torch.Tensor, unit_dim: int, op: str) -> torch.Tensor:
+    """(U,) ``amax`` or ``sum`` over everything but the unit dim, reducing in place of a (U, rest) copy: for a
+    channels-first activation that copy was a second activation-sized buffer per layer, at the moment the
+    forward pass holds the most memory."""
+    if x.dim() == 0:
+        return x.reshape(1).clone()
+    if x.dim() == 1:
+        return x.clone()
+    d = unit_dim % x.dim()
+    dims = tuple(i for i in range(x.dim()) if i != d)
+    if x.numel() == 0:
+        return x.new_full((x.shape[d],), float("-inf") if op == "amax" else 0.0)
+    return x.amax(dim=dims) if op == "amax" else x.sum(dim=dims)
+
+
 def accumulate_output(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str | None) -> None:
     """Add one forward call's output ``x`` to ``acc``. Runs under no_grad inside the forward hook."""
     xf = x.detach()
@@ -82,31 +97,31 @@ def accumulate_output(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str
     acc.nonfinite = _add(acc.nonfinite, count_nonfinite(flat, s, ss))
     acc.count += flat.numel()
     acc.calls += 1
-    units = _unit_view(xf, unit_dim)                 # (U, rest)
-    umax = units.amax(dim=1) if units.shape[1] else units.new_full((units.shape[0],), float("-inf"))
+    umax = _per_unit(xf, unit_dim, "amax")           # (U,)
     if acc.unit_max is None or acc.unit_max.shape != umax.shape:
         acc.unit_max = umax
     else:
         acc.unit_max = torch.maximum(acc.unit_max, umax)
     if act in _SAT_DERIVATIVE:
-        _accumulate_derivative(acc, units, act)
+        _accumulate_derivative(acc, xf, unit_dim, act)
 
 
 def accumulate_derivative(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str) -> None:
     """Add the per-unit derivative sums of ``act`` at ``x`` (used when ``act`` was learned after the hook ran)."""
     if act in _SAT_DERIVATIVE:
         xf = x.detach()
-        _accumulate_derivative(acc, _unit_view(xf if xf.dtype == _F32 else xf.to(_F32), unit_dim), act)
+        _accumulate_derivative(acc, xf if xf.dtype == _F32 else xf.to(_F32), unit_dim, act)
 
 
-def _accumulate_derivative(acc: LayerAcc, units: torch.Tensor, act: str) -> None:
-    if not units.shape[1]:
+def _accumulate_derivative(acc: LayerAcc, xf: torch.Tensor, unit_dim: int, act: str) -> None:
+    dsum = _per_unit(_SAT_DERIVATIVE[act](xf), unit_dim, "sum")      # (U,)
+    n = xf.numel() // max(dsum.numel(), 1)                           # elements per unit
+    if not n:
         return
-    dsum = _SAT_DERIVATIVE[act](units).sum(dim=1)      # (U,)
     if acc.unit_dsum is None or acc.unit_dsum.shape != dsum.shape:
-        acc.unit_dsum, acc.unit_n = dsum, units.shape[1]
+        acc.unit_dsum, acc.unit_n = dsum, n
     else:
-        acc.unit_dsum, acc.unit_n = acc.unit_dsum + dsum, acc.unit_n + units.shape[1]
+        acc.unit_dsum, acc.unit_n = acc.unit_dsum + dsum, acc.unit_n + n
 
 
 def count_nonfinite(flat: torch.Tensor, s: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
