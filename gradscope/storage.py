@@ -8,7 +8,6 @@ record); and it is plain data, never unpickled. No torch import here.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import os
@@ -142,7 +141,9 @@ def _rows(a: np.ndarray) -> tuple[tuple[float | None, ...] | None, ...]:
 def _unpack(packed: Any, rows: int, width: int) -> np.ndarray:
     """(rows, width) float32 from a packed base64 string or plain nested lists (None → NaN)."""
     if isinstance(packed, str):
-        a = np.frombuffer(base64.b64decode(packed, validate=True), dtype="<f4")
+        # binascii directly: b64decode(validate=True) first runs a regex over the whole string. A damaged
+        # string fails binascii (padding) or the size check below.
+        a = np.frombuffer(binascii.a2b_base64(packed), dtype="<f4")
         if a.size != rows * width:
             raise ValueError(f"packed rows hold {a.size} numbers, expected {rows}×{width}")
         return a.reshape(rows, width).astype(np.float32)
