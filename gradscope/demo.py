@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 import torch
@@ -128,7 +128,11 @@ def init_linear(model: nn.Module, *, weight: Callable[[torch.Tensor], Any], bias
                     m.bias.fill_(bias)
 
 
-def he_init(gen: torch.Generator, nonlinearity: str = "relu") -> Callable[[torch.Tensor], Any]:
+#: The nonlinearity names ``nn.init.kaiming_normal_`` accepts that make sense after a Linear layer.
+Nonlinearity = Literal["linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu"]
+
+
+def he_init(gen: torch.Generator, nonlinearity: Nonlinearity = "relu") -> Callable[[torch.Tensor], Any]:
     return lambda w: nn.init.kaiming_normal_(w, nonlinearity=nonlinearity, generator=gen)
 
 
@@ -396,7 +400,7 @@ def _run_problem(name: str, logdir: str | os.PathLike[str], *, fixed: bool, epoc
                     metrics = {"train_loss": train_loss, "val_loss": val_loss}
                     if setup.log_accuracy:
                         metrics |= {"train_acc": train_acc, "val_acc": val_acc}
-                    scope.log(**metrics)
+                    scope.log(step=None, **metrics)   # step=None: the watch's own step counter
                     if bar is not None:
                         bar.update(task, description=f"{name}{' (fixed)' if fixed else ''}  epoch {ran}/{n_epochs}"
                                    f"  loss {train_loss:.3g}  val acc {val_acc:.0%}")
@@ -413,7 +417,7 @@ def _run_problem(name: str, logdir: str | os.PathLike[str], *, fixed: bool, epoc
                     model.load_state_dict(best_state)
                     train_loss, train_acc = _evaluate(model, xt, yt)
                     val_loss, val_acc = _evaluate(model, xv, yv)
-                    scope.log(train_loss=train_loss, val_loss=val_loss,
+                    scope.log(step=None, train_loss=train_loss, val_loss=val_loss,
                               **({"train_acc": train_acc, "val_acc": val_acc} if setup.log_accuracy else {}))
         finally:
             if bar is not None:

@@ -319,8 +319,8 @@ def _overfitting(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
 def _underfitting(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     fixes: list[Fix | None] = []
     hidden = _hidden(run) if run.header is not None else []
-    if hidden and hidden[0].fan_out:
-        la = hidden[0]
+    la = hidden[0] if hidden else None
+    if la is not None and la.fan_out:
         fixes.append(Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({la.fan_out} → "
                          f"{la.fan_out * WIDTH_FACTOR} units) or add a hidden layer",
                          f"# {module_path(la.name)}: {la.type}(..., {la.fan_out}) → "

@@ -104,7 +104,7 @@ def find_layers(model: nn.Module, flt: LayerFilter = None) -> list[LayerSpec]:
         picked = [(n, m) for n, m in model.named_modules() if isinstance(m, _ACTIVATION_MODULES)]
         if not picked and not any(True for _ in model.children()):
             picked = [("", model)]
-    specs = []
+    specs: list[LayerSpec] = []
     for name, m in picked:
         if not _matches(flt, name, m):
             continue

@@ -92,8 +92,8 @@ def merge_ranks(runs: list[Run]) -> Run:
                 lr[i] = v
     metrics: dict[str, Series] = dict(base.metrics)
     for r in runs[1:]:
-        for k, s in r.metrics.items():
-            metrics.setdefault(k, s)
+        for name, s in r.metrics.items():
+            metrics.setdefault(name, s)
     nonfinite = sorted((rec for r in runs for rec in r.nonfinite), key=lambda rec: rec.step)
     acts = {la.name: la.act for r in reversed(runs) for la in r.layers if la.act}
     layers = tuple(replace(la, act=acts.get(la.name, la.act)) for la in base.layers)

@@ -126,9 +126,9 @@ def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
         every[s] = np.nan if v is None else v
     all_steps = np.array(sorted(every), dtype=np.int64)
     metrics: dict[str, list[tuple[int, float]]] = {}
-    for m in raw.metrics:
-        for k, v in m.values.items():
-            metrics.setdefault(k, []).append((m.step, np.nan if v is None else float(v)))
+    for mr in raw.metrics:
+        for k, v in mr.values.items():
+            metrics.setdefault(k, []).append((mr.step, np.nan if v is None else float(v)))
     return Run(
         name=name if name is not None else raw.path.parent.name,
         path=raw.path.parent,

@@ -147,6 +147,8 @@ class Watch:
     torch.compile, DDP/FSDP2 and AMP.
     """
 
+    path: Path   # the JSONL log; declared here because __init__ reads it on another Watch before setting its own
+
     def __init__(
         self,
         model: nn.Module,
@@ -217,7 +219,7 @@ class Watch:
         # norms, 2 = model-output probes. The gradient norms also give the total gradient norm of every step.
         self._checks: list[tuple[int, int, list[int], torch.Tensor]] = []
         self._snap: list[torch.Tensor] | None = None
-        self._wnorm: torch.Tensor | None = None
+        self._wnorm: tuple[torch.Tensor, ...] | None = None
         self._input: torch.Tensor | None = None
         self._last_active: dict[int, torch.Tensor] = {}
         self._nf_written = False
@@ -571,7 +573,7 @@ class Watch:
         if not idx:
             return
         with torch.no_grad():
-            grads = [_local(self._params[i].grad) for i in idx]
+            grads = [_local(g) for i in idx if (g := self._params[i].grad) is not None]
             norms = self._unscale(_norms(grads))
             self._pgn = (idx, norms)
             if self._tb is not None and self._rec and self._tb.histogram_due(self._rec_idx):
@@ -687,6 +689,8 @@ class Watch:
         """[s, ss, lo, hi, nonzero, nonfinite, units, inactive, dead, saturated, dmean, gsq] for layer i."""
         nan = torch.tensor(float("nan"), device=dev)
         assert acc.unit_max is not None and acc.s is not None
+        assert acc.ss is not None and acc.lo is not None and acc.hi is not None
+        assert acc.nonzero is not None and acc.nonfinite is not None
         units = acc.unit_max.numel()
         active = acc.unit_max > 0
         inactive = (~active).sum()

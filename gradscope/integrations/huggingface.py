@@ -50,7 +50,12 @@ class GradscopeCallback(TrainerCallback):
             return
         opt = kwargs.get("optimizer")
         opt = getattr(opt, "optimizer", opt)   # accelerate wraps it; the hooks go on the torch optimizer
-        logdir = self.logdir if self.logdir is not None else Path(args.output_dir) / "gradscope"
+        if self.logdir is not None:
+            logdir: str | os.PathLike[str] = self.logdir
+        elif args.output_dir is not None:
+            logdir = Path(args.output_dir) / "gradscope"
+        else:   # Path(None) raised this before the check; transformers sets output_dir in __post_init__
+            raise TypeError("gradscope: TrainingArguments.output_dir is None; pass GradscopeCallback(logdir=...)")
         options: dict[str, Any] = {"optimizer": opt}
         options.update(self.watch_kwargs)
         self.scope = gradscope.watch(model, logdir, **options)
@@ -67,7 +72,7 @@ class GradscopeCallback(TrainerCallback):
             return
         values = {_NAMES[k]: float(v) for k, v in logs.items() if k in _NAMES and isinstance(v, (int, float))}
         if values:
-            self.scope.log(**values)
+            self.scope.log(step=None, **values)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:

@@ -106,7 +106,7 @@ class GradscopeCallback(Callback):
                         values[name] = v
                     break
         if values:
-            self.scope.log(**values)
+            self.scope.log(step=None, **values)
 
     def _close(self) -> None:
         if self.scope is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypedDict
 
 import numpy as np
 
@@ -129,7 +130,21 @@ def _value_at(steps: np.ndarray, values: np.ndarray, lo: float, hi: float) -> fl
     return None
 
 
-def _loss_overfit(run: Run, th: Thresholds) -> dict[str, object] | None:
+class _LossCurve(TypedDict):
+    """What ``_loss_overfit`` found, typed so the message and ``steps`` need no casts; it goes into evidence."""
+
+    best_step: int
+    best_eval: int
+    n_evals: int
+    best_val_loss: float
+    final_val_loss: float
+    val_rise: float
+    train_loss_at_best: float
+    train_loss_final: float
+    val_steps: tuple[int, int]
+
+
+def _loss_overfit(run: Run, th: Thresholds) -> _LossCurve | None:
     """Evidence of val loss rising from its minimum while train loss keeps falling, or None."""
     vs, vv = finite_series(run.metrics.get("val_loss"))
     ts, tv = finite_series(run.metrics.get("train_loss"))
@@ -199,7 +214,8 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             parts.append(f"{bv.verdict.value}: validation error {100 * bv.val_error:.1f}% vs train "
                          f"{100 * bv.train_error:.1f}% (variance {100 * bv.variance:.1f} points, threshold "
                          f"{100 * th.variance:.1f})")
-            steps = (int(min(tr[0][-1], va[0][-1])), int(max(tr[0][-1], va[0][-1])))  # type: ignore[index]
+            if tr is not None and va is not None:   # always, when bv is set; the check narrows the types
+                steps = (int(min(tr[0][-1], va[0][-1])), int(max(tr[0][-1], va[0][-1])))
     if curve is not None:
         evidence.update(curve)
         evidence["best_step"] = curve["best_step"]
@@ -210,7 +226,7 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                      f"{fmt_num(curve['final_val_loss'])} (+{100 * curve['val_rise']:.0f}%, threshold "
                      f"+{100 * th.overfit_val_rise:.0f}%) while training loss fell from "
                      f"{fmt_num(curve['train_loss_at_best'])} to {fmt_num(curve['train_loss_final'])}")
-        steps = curve["val_steps"]  # type: ignore[assignment]
+        steps = curve["val_steps"]
     if severity is None:
         return []
     conf = 0.9 if (bv is not None and bv.high_variance and curve is not None) else 0.75

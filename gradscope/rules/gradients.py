@@ -394,8 +394,8 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 if frac >= th.persistence or early_hit:
                     med = float(nanmedian(depth[ok])) if frac >= th.persistence else early_med
                     when = "" if frac >= th.persistence else f" over the first {k} recorded steps"
-                    first, last = label(run.layers[w[0]].name), label(run.layers[w[-1]].name)
-                    reasons.append(f"activation std grows {fmt_num(med)}× from {first} to {last}{when} "
+                    first_name, last_name = label(run.layers[w[0]].name), label(run.layers[w[-1]].name)
+                    reasons.append(f"activation std grows {fmt_num(med)}× from {first_name} to {last_name}{when} "
                                    f"(threshold {fmt_num(th.signal_depth_factor)}×)")
                     evidence["activation_depth_growth"] = med
                     layers += [run.layers[i].name for i in w[1:]]

@@ -134,8 +134,8 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     if mis and shows:
         for li, q, tgt in mis:
             la = run.layers[li]
-            p = run.params[pidx[la.weight]] if la.weight in pidx else None
-            actual = (p.init_std or 0.0) ** 2 if p is not None else float("nan")
+            wp = run.params[pidx[la.weight]] if la.weight in pidx else None
+            actual = (wp.init_std or 0.0) ** 2 if wp is not None else float("nan")
             layers.append(la.name)
             per_layer[la.name] = {"init_var": actual, "target_var": tgt.variance, "scheme": tgt.scheme,
                                   "ratio": q, "activation": la.act, "nonlinearity": tgt.nonlinearity,
