@@ -141,7 +141,9 @@ class Watch:
     in ``logdir``. ``histograms``: TensorBoard histograms of weights and gradients on every N-th recorded
     step (``None``/0: none). ``optimizer``: make optimizer steps the step boundaries (gradient accumulation = one
     step) and record learning rates. ``check_finite``: find the first NaN/Inf on every step (a ``sum`` per
-    layer per step). ``scaler``: the ``torch.amp.GradScaler`` of a mixed-precision loop: gradient norms are
+    layer per step and one read of all gradients, which also gives the total gradient norm of every step);
+    ``False`` checks and records gradient norms on recorded steps only (the cheapest setting: see
+    docs/performance.md). ``scaler``: the ``torch.amp.GradScaler`` of a mixed-precision loop: gradient norms are
     recorded unscaled (divided by the scale on the device, no sync) and steps the scaler skipped (inf/NaN
     gradients) are labelled ``skipped`` instead of being reported as a NaN/Inf. See docs/setups.md for
     torch.compile, DDP/FSDP2 and AMP.
@@ -569,6 +571,10 @@ class Watch:
             torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
             return
         self._late = False
+        if not (self._rec or self.check_finite or self._scaler_obj is not None):
+            # Nothing needs the gradients of this step: with check_finite=False the every-step read of all
+            # gradients (NaN/Inf check, total gradient norm of every step) is skipped on unrecorded steps.
+            return
         idx = [i for i, p in enumerate(self._params) if p.grad is not None]
         if not idx:
             return

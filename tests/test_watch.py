@@ -362,3 +362,20 @@ class _nullcontext:
 
     def __exit__(self, *a: object) -> None:
         return None
+
+
+def test_check_finite_off_reads_gradients_on_recorded_steps_only(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, tmp_path, every=4, warmup=1, check_finite=False, tensorboard=False):
+        for step in range(9):
+            if step == 6:
+                with torch.no_grad():
+                    model[2].weight.fill_(float("nan"))
+            opt.zero_grad()
+            model(torch.randn(5, 3)).sum().backward()
+            opt.step()
+    log = read_log(log_path(tmp_path))
+    assert [s for r in log.steps for s, _ in r.grad_norm_steps] == [0, 4, 8]
+    assert log.nonfinite == []            # no every-step check, as asked
+    assert log.steps[-1].grad_norm is None   # but the recorded step still shows the NaN gradient
