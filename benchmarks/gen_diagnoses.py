@@ -34,6 +34,9 @@ _SECTIONS = (("Symptom:", "Symptom"), ("Detected when", "How it is detected"), (
              ("Fixes:", "Fixes"))
 
 
+PIPE = "\\|"
+
+
 def _md(text: str) -> str:
     """RST-style ``code`` to Markdown `code`, lines joined into one paragraph."""
     return " ".join(text.replace("``", "`").split())
@@ -68,7 +71,8 @@ def _value(name: str) -> str:
 def _thresholds_table(names: list[str], docs: dict[str, str]) -> list[str]:
     lines = ["| threshold | default | why, and where the value comes from |", "|---|---:|---|"]
     for n in names:
-        lines.append(f"| `{n}` | {_value(n)} | {_md(docs[n]).replace('|', '/')} |")
+        cell = _md(docs[n]).replace("|", PIPE)   # a literal | would end the table cell
+        lines.append(f"| `{n}` | {_value(n)} | {cell} |")
     return lines
 
 
