@@ -26,6 +26,17 @@ def fired(diag: Diagnosis) -> set[str]:
     return {f.code.value for f in diag.findings if f.severity is not Severity.INFO}
 
 
+def stable_fired(case: Case, diag: Diagnosis) -> set[str]:
+    """The codes that fired, less the ones ``case`` allows (``may``).
+
+    Whether an optional code fires on a chaotic run depends on rounding, and rounding depends on the CPU's
+    vector units (AVX2, AVX-512, NEON) even with the same torch: only the required and the forbidden codes are
+    a verdict that holds on any machine. Scores count exactly these (``may`` codes never count), so snapshots,
+    docs and tests compare this set, never the raw one.
+    """
+    return fired(diag) - case.may
+
+
 def fix_kinds(diag: Diagnosis, code: str) -> set[str]:
     """Fix kinds offered by the warning/error findings of ``code``."""
     return {fx.kind.value for f in diag.findings if f.code.value == code and f.severity is not Severity.INFO
