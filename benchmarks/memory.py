@@ -19,7 +19,7 @@ import tempfile
 CHILD = r"""
 import json, resource, sys, tempfile
 import torch, torch.nn.functional as F
-import gradscope, gradscope.scope, torch.utils.tensorboard  # imported in both variants
+import gradscope, gradscope.measure.watch, torch.utils.tensorboard  # imported in both variants
 sys.path.insert(0, "benchmarks")
 from overhead import MODELS
 torch.set_num_threads(1)

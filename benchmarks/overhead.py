@@ -9,7 +9,7 @@ blocks of ``--block`` steps (plain, watched, watched, plain, ...), so each watch
 plain block under the same conditions, and the figure is the median over pairs of (watched block time ÷
 plain block time), with the interquartile range. The block is 20 steps, so with the default ``every=20``
 each watched block holds exactly one recorded step and the ratio is the steady-state average cost. One
-intra-op thread, as in shared/PERF-NOTES.md. The first ``warmup`` steps gradscope always records run
+intra-op thread. The first ``warmup`` steps gradscope always records run
 before timing starts.
 """
 
@@ -97,8 +97,8 @@ def measure(name: str, setting: dict[str, object], pairs: int, block: int, logdi
     plain, watched = _Trainer(model, data), _Trainer(copy.deepcopy(model), data)
     scope = gradscope.watch(watched.model, logdir, **setting)
     try:
-        warm = int(setting.get("warmup", gradscope.scope.DEFAULT_WARMUP))  # type: ignore[call-overload]
-        every = int(setting.get("every", gradscope.scope.DEFAULT_EVERY))  # type: ignore[call-overload]
+        warm = int(setting.get("warmup", gradscope.measure.watch.DEFAULT_WARMUP))  # type: ignore[call-overload]
+        every = int(setting.get("every", gradscope.measure.watch.DEFAULT_EVERY))  # type: ignore[call-overload]
         plain.block(3)
         watched.block(warm + (-warm) % min(every, block))   # align: each timed block holds one recorded step
         ratios, plain_times = [], []

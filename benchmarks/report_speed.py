@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gradscope.records import Header, LayerInfo, ParamInfo, StepRecord
-from gradscope.storage import LogWriter, log_path
+from gradscope.store.jsonl import LogWriter, log_path
+from gradscope.store.schema import Header, LayerInfo, ParamInfo, StepRecord
 
 
 def write_log(logdir: Path, n_layers: int, n_steps: int) -> Path:

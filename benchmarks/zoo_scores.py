@@ -1,11 +1,11 @@
-"""Precision and recall of each rule over the gradscope zoo (tests/zoo): calibration, hold-out and unseen hold-out.
+"""Precision and recall of each rule over the gradscope zoo (zoo/): calibration, hold-out and unseen hold-out.
 
     python benchmarks/zoo_scores.py [--logdir DIR] [--markdown-only] [--snapshot benchmarks/zoo_snapshot.json]
 
 A code *fires* on a run when the diagnosis has a warning or error finding with that code (info findings are
 notes). For each code: a true positive is a case that lists it in ``must`` and where it fires; a false
 negative, one that lists it in ``must`` where it does not; a false positive, a case where it fires although the
-code is in the case's must-not set (every code the case neither requires nor allows, see tests/zoo/cases.py).
+code is in the case's must-not set (every code the case neither requires nor allows, see zoo/cases.py).
 Cases that allow a code (``may``) do not count for it. Precision = TP / (TP + FP), recall = TP / (TP + FN).
 
 Runs are trained once into ``--logdir`` (default: a temporary folder) and reused when the folder is given again.
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from gradscope.findings import Code, Severity
-from tests.zoo.cases import ALL_CODES, CASES, Case
-from tests.zoo.runner import Outcome, ZooRunner, fired, stable_fired
+from gradscope.judge.findings import Code, Severity
+from zoo.cases import ALL_CODES, CASES, Case
+from zoo.runner import Outcome, ZooRunner, fired, stable_fired
 
 GROUPS = (("calibration", "Calibration set"), ("holdout", "Hold-out set"), ("unseen", "Unseen hold-out set"))
 """Snapshot group name → table title, in the order the tables are printed."""

@@ -21,10 +21,10 @@ from torch import nn
 
 import gradscope
 from gradscope.demo import SMALL_ENV, is_small, two_spirals
-from gradscope.report import report
+from gradscope.show.report import report
 
 
-def main(argv: list[str] | None = None) -> gradscope.report.Report:
+def main(argv: list[str] | None = None) -> gradscope.Report:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help=f"fewer epochs (also: {SMALL_ENV}=1)")
     ap.add_argument("--logdir", default=None)

@@ -5,29 +5,51 @@
     scope.close()
     # then: gradscope report runs/x
 
-The write side (``watch``) needs torch; the read side (``load``, ``diagnose``, ``report``) does not, so
-reports work wherever the log is copied. Public names are imported lazily for that reason.
+The pipeline is the tree: ``measure/`` (the write side, torch) → ``store/`` (the log) → ``judge/`` (rules,
+findings, fixes) → ``show/`` (report, CLI). See docs/architecture.md.
+
+Every public name is imported lazily: ``import gradscope; gradscope.watch(model)`` loads only the write side
+(no rules, no rich), and ``gradscope report`` never imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-# Eager, not lazy: a submodule (``gradscope.report``, ``gradscope.diagnose``) would otherwise shadow the
-# function of the same name as soon as anything imports it. All torch-free; only ``watch`` needs torch.
-from gradscope.diagnose import Diagnosis, diagnose
-from gradscope.errors import GradscopeError, GradscopeWarning, LogError
-from gradscope.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
-from gradscope.report import Report, report
-from gradscope.run import Run, load
-from gradscope.thresholds import Thresholds
+from gradscope._version import __version__
 
 if TYPE_CHECKING:
-    from gradscope.scope import Watch, watch
+    from gradscope.errors import GradscopeError, GradscopeWarning, LogError
+    from gradscope.judge.diagnose import Diagnosis, diagnose
+    from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
+    from gradscope.judge.thresholds import Thresholds
+    from gradscope.measure.watch import Watch, watch
+    from gradscope.show.report import Report, report
+    from gradscope.store.load import load
+    from gradscope.store.run import Run
 
-_LAZY = {"watch": "gradscope.scope", "Watch": "gradscope.scope"}
+_LAZY = {
+    "Code": "gradscope.judge.findings",
+    "Diagnosis": "gradscope.judge.diagnose",
+    "Finding": "gradscope.judge.findings",
+    "Fix": "gradscope.judge.findings",
+    "FixKind": "gradscope.judge.findings",
+    "GradscopeError": "gradscope.errors",
+    "GradscopeWarning": "gradscope.errors",
+    "LogError": "gradscope.errors",
+    "NotEvaluated": "gradscope.judge.findings",
+    "Report": "gradscope.show.report",
+    "Run": "gradscope.store.run",
+    "Severity": "gradscope.judge.findings",
+    "Thresholds": "gradscope.judge.thresholds",
+    "Watch": "gradscope.measure.watch",
+    "diagnose": "gradscope.judge.diagnose",
+    "load": "gradscope.store.load",
+    "report": "gradscope.show.report",
+    "watch": "gradscope.measure.watch",
+}
+"""Public name → the module that defines it."""
 
 __all__ = [
     "Code",
@@ -53,11 +75,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: ``import gradscope`` stays cheap and torch-free until ``gradscope.watch`` is used.
     if name in _LAZY:
-        import importlib
-
         obj = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = obj   # later lookups skip __getattr__
         return obj
     raise AttributeError(f"module 'gradscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

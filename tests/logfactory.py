@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gradscope.records import (
+from gradscope.store.jsonl import LogWriter, log_path
+from gradscope.store.schema import (
     LAYER_FIELDS,
     PARAM_FIELDS,
     SCHEMA_VERSION,
@@ -25,7 +26,6 @@ from gradscope.records import (
     StepRecord,
     activations_record,
 )
-from gradscope.storage import LogWriter, log_path
 
 # name, type, fan_in, fan_out, act
 MLP_LAYERS: tuple[tuple[str, str, int, int, str | None], ...] = (

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradscope.records import SATURATING_ACTIVATIONS, Header, InputStats, LayerInfo, NonFiniteRecord, ParamInfo
-from gradscope.run import Run, Series
+from gradscope.store.run import Run, Series
+from gradscope.store.schema import SATURATING_ACTIVATIONS, Header, InputStats, LayerInfo, NonFiniteRecord, ParamInfo
 
 BATCH = 32
 

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
-from gradscope.records import LAYER_FIELDS, PARAM_FIELDS
-from gradscope.run import load_run
-from gradscope.storage import log_path, read_log
+from gradscope.store.jsonl import log_path, read_log
+from gradscope.store.load import load_run
+from gradscope.store.schema import LAYER_FIELDS, PARAM_FIELDS
 
 L = {f: i for i, f in enumerate(LAYER_FIELDS)}
 P = {f: i for i, f in enumerate(PARAM_FIELDS)}
@@ -197,7 +197,7 @@ def test_scaler_like_object_with_a_static_scale(tmp_path: Path) -> None:
 
 
 def test_report_says_clipping_is_active(tmp_path: Path) -> None:
-    from gradscope.report import CLIPPING_NOTE, report
+    from gradscope.show.report import CLIPPING_NOTE, report
 
     for name, max_norm in (("tight", 1e-3), ("loose", 1e6)):
         model = _mlp()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from gradscope.cli import main
-from gradscope.findings import Severity
-from gradscope.records import NonFiniteRecord
+from gradscope.judge.findings import Severity
+from gradscope.show.cli import main
+from gradscope.store.schema import NonFiniteRecord
 from tests.logfactory import (
     corrupt_line,
     healthy_layer,
@@ -107,7 +107,7 @@ def test_help_lists_report_and_codes() -> None:
 
 
 def test_cli_import_does_not_import_torch() -> None:
-    code = "import sys, gradscope.cli, gradscope.report; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, gradscope.show.cli, gradscope.show.report; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -227,7 +227,7 @@ def test_baseline_error_reaches_the_diagnosis(tmp_path: Path) -> None:
 def test_threshold_override_is_accepted(tmp_path: Path) -> None:
     import dataclasses
 
-    from gradscope.thresholds import Thresholds
+    from gradscope.judge.thresholds import Thresholds
 
     fields = [f for f in dataclasses.fields(Thresholds) if isinstance(getattr(Thresholds(), f.name), float)]
     if not fields:
@@ -248,7 +248,7 @@ def test_python_m_gradscope_report_without_torch(tmp_path: Path) -> None:
     assert "divergence" in {f["code"] for f in strict_json(proc.stdout)["findings"]}
     script = textwrap.dedent(f"""
         import sys
-        from gradscope.cli import main
+        from gradscope.show.cli import main
         try:
             main(["report", {str(tmp_path)!r}, "--format", "markdown"])
         except SystemExit as e:

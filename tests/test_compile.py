@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
-from gradscope.records import PARAM_FIELDS
-from gradscope.storage import log_path, read_log
+from gradscope.store.jsonl import log_path, read_log
+from gradscope.store.schema import PARAM_FIELDS
 
 dynamo = pytest.importorskip("torch._dynamo")
 P = {f: i for i, f in enumerate(PARAM_FIELDS)}

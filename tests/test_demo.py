@@ -8,9 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gradscope.cli import main
 from gradscope.demo import DEFAULT_PROBLEM, PROBLEMS, run_problem
-from gradscope.findings import Severity
+from gradscope.judge.findings import Severity
+from gradscope.show.cli import main
 
 
 def test_default_demo_is_readmes_first_command_and_shows_a_finding(tmp_path: Path) -> None:

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from gradscope.errors import GradscopeWarning
-from gradscope.merge import merge_ranks
-from gradscope.run import Run, load_run, run_from_log
-from gradscope.storage import log_files, read_log
+from gradscope.store.jsonl import log_files, read_log
+from gradscope.store.load import load_run
+from gradscope.store.merge import merge_ranks
+from gradscope.store.run import Run, run_from_log
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gradscope.demo import PROBLEMS, SMALL_ENV
-from gradscope.findings import Severity
+from gradscope.judge.findings import Severity
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PROBLEM_EXAMPLES = ["vanishing", "exploding", "dead_relu", "saturation", "overfitting", "underfitting"]

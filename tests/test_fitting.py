@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradscope.diagnose import diagnose
-from gradscope.findings import Code, FixKind, NotEvaluated, Severity
-from gradscope.rules import Verdict, bias_variance, overfitting, underfitting
-from gradscope.rules._common import Context
-from gradscope.thresholds import Thresholds
+from gradscope.judge.diagnose import diagnose
+from gradscope.judge.findings import Code, FixKind, NotEvaluated, Severity
+from gradscope.judge.rules import Verdict, bias_variance, overfitting, underfitting
+from gradscope.judge.rules._common import Context
+from gradscope.judge.thresholds import Thresholds
 from tests.rulecases import healthy_run, metrics_only_run, mlp, set_metric
 
 TH = Thresholds()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.run import load_run
+from gradscope.store.load import load_run
 
 
 def test_missing_framework_gives_an_install_hint() -> None:

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradscope.diagnose import Diagnosis
 from gradscope.errors import GradscopeWarning, LogError
-from gradscope.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
-from gradscope.records import LayerInfo, NonFiniteRecord
-from gradscope.report import Report, fmt_num, fmt_pct, jsonable, layer_rows, load_runs, report, sparkline
-from gradscope.run import Run, load_run
+from gradscope.judge.diagnose import Diagnosis
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
+from gradscope.show.report import Report, fmt_num, fmt_pct, jsonable, layer_rows, report, sparkline
+from gradscope.store.load import load_run, load_runs
+from gradscope.store.run import Run
+from gradscope.store.schema import LayerInfo, NonFiniteRecord
 from tests.logfactory import corrupt_line, healthy_layer, overfit_metrics, write_log, write_tb_scalars
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from gradscope.diagnose import Diagnosis, diagnose, parse_codes
 from gradscope.errors import GradscopeError
-from gradscope.findings import Code, FixKind, Severity
-from gradscope.fixes import fixes_for, module_path, suggest_max_norm
-from gradscope.rules import RULES
-from gradscope.thresholds import Thresholds
+from gradscope.judge.diagnose import Diagnosis, diagnose, parse_codes
+from gradscope.judge.findings import Code, FixKind, Severity
+from gradscope.judge.fixes import fixes_for, module_path, suggest_max_norm
+from gradscope.judge.rules import RULES
+from gradscope.judge.thresholds import Thresholds
 from tests.rulecases import L, healthy_run, metrics_only_run, mlp, set_layer, set_param
 
 HEALTHY_SHAPES = [
@@ -65,7 +65,7 @@ def test_thresholds_override_and_from_mapping() -> None:
 
 
 def test_read_side_does_not_import_torch() -> None:
-    code = ("import sys, gradscope.diagnose, gradscope.fixes, gradscope.rules; "
+    code = ("import sys, gradscope.judge.diagnose, gradscope.judge.fixes, gradscope.judge.rules; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -99,7 +99,7 @@ def _broken_run() -> object:
     set_param(run, "update_ratio", "fc1.weight", 1e-8)             # learning_rate warning
     set_param(run, "update_ratio", "fc2.weight", 1e-8)
     set_param(run, "update_ratio", "fc3.weight", 1e-8)
-    run.nonfinite.append(__import__("gradscope.records", fromlist=["x"]).NonFiniteRecord(50, "loss"))
+    run.nonfinite.append(__import__("gradscope.store.schema", fromlist=["x"]).NonFiniteRecord(50, "loss"))
     return run
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradscope.diagnose import diagnose
-from gradscope.findings import Code, FixKind, NotEvaluated, Severity
-from gradscope.rules import dead_relu, poor_init, saturation
-from gradscope.rules._common import Context
-from gradscope.thresholds import Thresholds
+from gradscope.judge.diagnose import diagnose
+from gradscope.judge.findings import Code, FixKind, NotEvaluated, Severity
+from gradscope.judge.rules import dead_relu, poor_init, saturation
+from gradscope.judge.rules._common import Context
+from gradscope.judge.thresholds import Thresholds
 from tests.rulecases import L, healthy_run, mlp, set_layer
 
 TH = Thresholds()

@@ -15,11 +15,11 @@ import json
 
 import numpy as np
 
-from gradscope.diagnose import diagnose
-from gradscope.findings import Code, NotEvaluated, Severity
-from gradscope.rules import dead_relu, exploding_gradients, learning_rate, vanishing_gradients
-from gradscope.rules._common import Context, finite_rows, first_divergent_step
-from gradscope.thresholds import Thresholds
+from gradscope.judge.diagnose import diagnose
+from gradscope.judge.findings import Code, NotEvaluated, Severity
+from gradscope.judge.rules import dead_relu, exploding_gradients, learning_rate, vanishing_gradients
+from gradscope.judge.rules._common import Context, finite_rows, first_divergent_step
+from gradscope.judge.thresholds import Thresholds
 from tests.rulecases import add_nonfinite, healthy_run, mlp, set_layer, set_param
 
 TH = Thresholds()

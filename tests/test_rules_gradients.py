@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradscope.diagnose import diagnose
-from gradscope.findings import Code, FixKind, NotEvaluated, Severity
-from gradscope.rules import RULES, divergence, exploding_gradients, vanishing_gradients
-from gradscope.rules._common import Context
-from gradscope.thresholds import Thresholds
+from gradscope.judge.diagnose import diagnose
+from gradscope.judge.findings import Code, FixKind, NotEvaluated, Severity
+from gradscope.judge.rules import RULES, divergence, exploding_gradients, vanishing_gradients
+from gradscope.judge.rules._common import Context
+from gradscope.judge.thresholds import Thresholds
 from tests.rulecases import add_nonfinite, healthy_run, metrics_only_run, mlp, recompute_total, set_metric
 
 TH = Thresholds()
@@ -260,7 +260,7 @@ def test_exploding_at_init_then_tamed_by_adam() -> None:
 
 
 def test_early_huge_gradients_from_raw_inputs_are_left_to_unnormalized_input() -> None:
-    from gradscope.records import InputStats
+    from gradscope.store.schema import InputStats
     run = healthy_run(mlp((13, 64, 3)), n=60)
     boost = np.ones(60)
     boost[:8] = np.geomspace(1e6, 1e3, 8)

@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gradscope.diagnose import diagnose
-from gradscope.findings import Code, FixKind, NotEvaluated, Severity
-from gradscope.records import InputStats
-from gradscope.rules import learning_rate, unnormalized_input, unstable_loss
-from gradscope.rules._common import Context
-from gradscope.rules.loss import find_spikes
-from gradscope.thresholds import Thresholds
+from gradscope.judge.diagnose import diagnose
+from gradscope.judge.findings import Code, FixKind, NotEvaluated, Severity
+from gradscope.judge.rules import learning_rate, unnormalized_input, unstable_loss
+from gradscope.judge.rules._common import Context
+from gradscope.judge.rules.loss import find_spikes
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.schema import InputStats
 from tests.rulecases import L, healthy_run, metrics_only_run, mlp, set_metric
 
 TH = Thresholds()

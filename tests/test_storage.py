@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gradscope.errors import GradscopeWarning, LogError
-from gradscope.records import (
+from gradscope.store.jsonl import LogWriter, log_files, log_path, read_log
+from gradscope.store.schema import (
     LAYER_FIELDS,
     CloseRecord,
     InputStats,
@@ -18,7 +19,6 @@ from gradscope.records import (
     StepRecord,
     activations_record,
 )
-from gradscope.storage import LogWriter, log_files, log_path, read_log
 from tests.logfactory import corrupt_line, make_header, step_record, truncate_last_line, write_log
 
 

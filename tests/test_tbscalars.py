@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from gradscope.errors import GradscopeWarning
-from gradscope.run import Series
-from gradscope.tbscalars import (
+from gradscope.store.run import Series
+from gradscope.store.tb_scalars import (
     GRADSCOPE_EVENT_FILE_SUFFIX,
     GRADSCOPE_TAG_PREFIXES,
     canonical_metrics,
@@ -153,7 +153,7 @@ def test_percent_accuracy_and_error_become_fractions_losses_do_not() -> None:
 
 def test_import_does_not_pull_torch_or_tensorflow(tmp_path: Path) -> None:
     write_tb_scalars(tmp_path, {"val_loss": _pts(3)})
-    code = ("import sys; from gradscope.tbscalars import read_scalars; "
+    code = ("import sys; from gradscope.store.tb_scalars import read_scalars; "
             f"assert read_scalars({str(tmp_path)!r}); "
             "bad = [m for m in ('torch', 'tensorflow') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

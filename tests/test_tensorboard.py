@@ -21,9 +21,7 @@ from torch import nn
 
 import gradscope
 from gradscope.errors import GradscopeWarning
-from gradscope.run import load_run
-from gradscope.tbscalars import GRADSCOPE_TAG_PREFIXES
-from gradscope.tensorboard import (
+from gradscope.measure.tb_writer import (
     CLIP_TAGS,
     DEFAULT_HISTOGRAMS,
     FLOW_TAG,
@@ -31,8 +29,10 @@ from gradscope.tensorboard import (
     REPORT_TAG,
     bin_tensors,
     layout,
-    render_gradient_flow,
 )
+from gradscope.show.tb_summary import render_gradient_flow
+from gradscope.store.load import load_run
+from gradscope.store.tb_scalars import GRADSCOPE_TAG_PREFIXES
 
 STEPS = 24
 N_BAD = 5   # NaN/Inf values injected into one gradient on step 0

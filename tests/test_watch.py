@@ -21,8 +21,8 @@ from torch import nn
 
 import gradscope
 from gradscope.errors import GradscopeError, GradscopeWarning, LogError
-from gradscope.records import LAYER_FIELDS, PARAM_FIELDS
-from gradscope.storage import log_path, read_log
+from gradscope.store.jsonl import log_path, read_log
+from gradscope.store.schema import LAYER_FIELDS, PARAM_FIELDS
 from tests.models import DictOut, SmallCNN, SmallRNN, SmallTransformer, Tricky, train_tricky
 
 L = {f: i for i, f in enumerate(LAYER_FIELDS)}

@@ -1,4 +1,4 @@
-"""The zoo: real short training runs, healthy and broken, diagnosed end to end (tests/zoo/).
+"""The zoo: real short training runs, healthy and broken, diagnosed end to end (zoo/).
 
 Each case trains once per test session into a session-scoped temporary folder; the tests then check that the
 codes the case declares fire (a warning or error finding), that no other code fires, and that the expected fix
@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("torch")
 
-from gradscope.findings import Severity
-from tests.zoo.cases import CASES, Case
-from tests.zoo.runner import Outcome, ZooRunner, check, fired, stable_fired
+from gradscope.judge.findings import Severity
+from zoo.cases import CASES, Case
+from zoo.runner import Outcome, ZooRunner, check, fired, stable_fired
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +64,7 @@ def test_zoo_is_big_and_covers_what_the_issue_asks() -> None:
     assert len(calibration) >= 20 and len(holdout) >= 6
     assert sum(c.healthy for c in calibration) >= 7
     covered = set().union(*(c.must for c in calibration))
-    from tests.zoo.cases import ALL_CODES
+    from zoo.cases import ALL_CODES
 
     assert covered == ALL_CODES, f"codes no calibration case requires: {sorted(ALL_CODES - covered)}"
     archs = " ".join(c.arch for c in CASES)
@@ -78,7 +78,7 @@ def test_zoo_is_big_and_covers_what_the_issue_asks() -> None:
 def test_a_broken_case_really_fires(zoo: ZooRunner) -> None:
     """The checker itself can fail: a divergent run does fire divergence, and a healthy case's expectations
     would reject it."""
-    from tests.zoo.cases import BY_NAME
+    from zoo.cases import BY_NAME
 
     out = _outcome(zoo, BY_NAME["divergence_lr_huge"])
     assert "divergence" in fired(out.diagnosis)
@@ -86,7 +86,7 @@ def test_a_broken_case_really_fires(zoo: ZooRunner) -> None:
 
 
 def test_logs_are_cached(zoo: ZooRunner, tmp_path: Path) -> None:
-    from tests.zoo.cases import BY_NAME
+    from zoo.cases import BY_NAME
 
     case = BY_NAME["healthy_regression_diabetes_sgdm"]
     _outcome(zoo, case)
@@ -122,7 +122,7 @@ def test_snapshot_matches_the_rules(zoo: ZooRunner) -> None:
 def test_stable_fired_ignores_optional_codes(zoo: ZooRunner) -> None:
     """The machine-independent verdict drops exactly the ``may`` codes: a case whose optional code fires on one
     CPU and not on another compares equal, and a forbidden code that fires is still seen."""
-    from tests.zoo.cases import BY_NAME
+    from zoo.cases import BY_NAME
 
     case = BY_NAME["learning_rate_too_high_sgdm"]
     diag = _outcome(zoo, case).diagnosis
@@ -134,7 +134,7 @@ def test_stable_fired_ignores_optional_codes(zoo: ZooRunner) -> None:
 
 
 def test_unseen_holdout_is_scored_separately() -> None:
-    from tests.zoo.cases import UNSEEN
+    from zoo.cases import UNSEEN
 
     assert len(UNSEEN) >= 8 and all(c.holdout for c in UNSEEN)
     assert sum(c.healthy for c in UNSEEN) >= 4 and any(c.must for c in UNSEEN)

@@ -30,7 +30,7 @@ except ImportError as _e:  # pragma: no cover - exercised where lightning is abs
         raise missing("Lightning", "lightning", _e) from None
 
 import gradscope
-from gradscope.run import CANONICAL_METRICS
+from gradscope.store.run import CANONICAL_METRICS
 
 _ALIASES = {"train_loss": ("train_loss_epoch", "train_loss", "loss"), "val_loss": ("val_loss_epoch", "val_loss")}
 

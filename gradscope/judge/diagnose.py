@@ -1,0 +1,104 @@
+"""diagnose(run) → findings. The entry point of the rules engine (no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from gradscope.errors import GradscopeError
+from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.fixes import fixes_for
+from gradscope.judge.rules import RULES
+from gradscope.judge.rules._common import Context
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.run import Run
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    run: Run
+    findings: tuple[Finding, ...] = ()
+    not_evaluated: tuple[NotEvaluated, ...] = ()
+    baseline_error: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)   # e.g. "gradient clipping is active"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    ignored: tuple[Code, ...] = ()
+
+    @property
+    def worst(self) -> Severity | None:
+        """The highest severity among the findings, or None when there are none."""
+        return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
+
+    def codes(self) -> set[str]:
+        return {f.code.value for f in self.findings}
+
+    def by_code(self, code: Code | str) -> list[Finding]:
+        c = Code(code)
+        return [f for f in self.findings if f.code is c]
+
+
+def parse_codes(codes: Iterable[str | Code]) -> tuple[Code, ...]:
+    """Finding codes from strings (the CLI's ``--ignore``); an unknown code raises ``GradscopeError``."""
+    out: list[Code] = []
+    for c in codes:
+        if isinstance(c, Code):
+            out.append(c)
+            continue
+        try:
+            out.append(Code(str(c).strip().lower().replace("-", "_")))
+        except ValueError:
+            known = ", ".join(x.value for x in Code)
+            raise GradscopeError(f"unknown finding code {c!r}; known codes: {known}") from None
+    return tuple(dict.fromkeys(out))
+
+
+def _notes(run: Run) -> tuple[str, ...]:
+    notes: list[str] = []
+    if run.header is None:
+        notes.append("no gradscope log: only the loss/accuracy rules could run (from TensorBoard scalars)")
+    if run.skipped.size and run.skipped.any():
+        notes.append(f"the optimizer skipped {int(run.skipped.sum())} recorded step(s) (AMP GradScaler overflow); "
+                     f"they are left out of the gradient rules")
+    extra = run.header.extra if run.header is not None else {}
+    if extra.get("clipping") or extra.get("clip_grad_norm"):
+        notes.append("gradient clipping is active; recorded gradient norms are before clipping")
+    if run.header is not None and not run.completed:
+        notes.append("the log has no close record: the run crashed or is still running")
+    notes += [f"log problem: {p}" for p in run.problems]
+    return tuple(notes)
+
+
+def _sort_key(f: Finding) -> tuple[int, float, str]:
+    first = f.steps[0] if f.steps is not None else np.inf
+    return (-f.severity.rank, float(first), f.code.value)
+
+
+def diagnose(run: Run, thresholds: Thresholds | None = None, *, ignore: Iterable[str] = (),
+             baseline_error: float | None = None) -> Diagnosis:
+    """Run every rule on ``run``; findings sorted by severity (errors first), then by first step.
+
+    ``ignore`` takes finding codes (strings such as ``"dead_relu"``); ignored rules do not run and appear
+    neither among the findings nor among the rules not evaluated. ``baseline_error`` (0..1, human-level or
+    Bayes error) enables the full bias/variance analysis. A run without a gradscope log (TensorBoard scalars
+    only) still gets the loss and fit rules; the others are reported as not evaluated.
+    """
+    th = thresholds if thresholds is not None else Thresholds()
+    if baseline_error is not None and not (0.0 <= float(baseline_error) <= 1.0):
+        raise GradscopeError(f"baseline error must be a fraction between 0 and 1, got {baseline_error!r}")
+    ignored = parse_codes(ignore)
+    ctx = Context(baseline_error=None if baseline_error is None else float(baseline_error))
+    not_evaluated: list[NotEvaluated] = []
+    for code, rule in RULES.items():
+        if code in ignored:
+            continue
+        result = rule.func(run, th, ctx)
+        if isinstance(result, NotEvaluated):
+            not_evaluated.append(result)
+            continue
+        for f in result:
+            ctx.findings.append(replace(f, fixes=fixes_for(f, run, th)))
+    findings = tuple(sorted(ctx.findings, key=_sort_key))
+    return Diagnosis(run=run, findings=findings, not_evaluated=tuple(not_evaluated),
+                     baseline_error=ctx.baseline_error, notes=_notes(run), thresholds=th, ignored=ignored)

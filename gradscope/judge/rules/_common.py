@@ -1,0 +1,268 @@
+"""Helpers shared by the rule families: layer selection, per-step quantities, persistence, ranges.
+
+Nothing here decides a verdict; the numbers that do live in ``Thresholds``.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradscope.judge.findings import Code, Finding, NotEvaluated
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.run import Run, Series
+from gradscope.store.schema import LayerInfo
+
+# Layer types whose weights are not a linear map feeding an activation: their gradients and variances follow
+# other laws (normalization gains sit near 1; embedding rows get gradient only when their token appears).
+_NOT_WEIGHTED = ("norm", "embedding")
+
+
+@dataclass
+class Context:
+    """What a rule may know besides the run: user options and the findings of rules that ran before it."""
+
+    baseline_error: float | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    def has(self, *codes: Code) -> bool:
+        return any(f.code in codes for f in self.findings)
+
+
+RuleResult = list[Finding] | NotEvaluated
+RuleFunc = Callable[[Run, Thresholds, Context], RuleResult]
+
+
+def module_path(name: str, root: str = "model") -> str:
+    """Python access path of a qualified module name: "fc2" → model.fc2, "encoder.0" → model.encoder[0]."""
+    if not name:
+        return root
+    out = root
+    for part in name.split("."):
+        if part.isdigit():
+            out += f"[{part}]"
+        elif part.isidentifier() and not keyword.iskeyword(part):
+            out += f".{part}"
+        else:
+            out = f"getattr({out}, {part!r})"
+    return out
+
+
+def label(name: str) -> str:
+    """How a message names a layer: its own name ("fc2", "encoder.layers.0.linear1"), or its access path when the
+    name is only an index ("0" → model[0]), which reads as a number otherwise ("0: gradient 1e-12× that of 24")."""
+    return name if any(c.isalpha() for c in name) else module_path(name)
+
+
+def no_log(code: Code) -> NotEvaluated:
+    return NotEvaluated(code, "no gradscope log (only TensorBoard scalars): per-layer statistics unavailable")
+
+
+def need_steps(run: Run, th: Thresholds, code: Code) -> NotEvaluated | None:
+    """NotEvaluated when the run has no log or too few recorded steps for a statistics rule."""
+    if run.header is None:
+        return no_log(code)
+    if run.steps.size < th.min_recorded_steps:
+        return NotEvaluated(code, f"only {run.steps.size} recorded step(s); needs {th.min_recorded_steps}")
+    return None
+
+
+def is_weighted(la: LayerInfo) -> bool:
+    t = la.type.lower()
+    return la.weight is not None and not any(k in t for k in _NOT_WEIGHTED)
+
+
+def param_index(run: Run) -> dict[str, int]:
+    return {p.name: i for i, p in enumerate(run.params)}
+
+
+def weighted_layers(run: Run) -> list[tuple[int, int]]:
+    """(layer index, weight param index) of layers with a main weight, in forward order (header order)."""
+    pidx = param_index(run)
+    out = []
+    for i, la in enumerate(run.layers):
+        if is_weighted(la) and la.weight in pidx:
+            out.append((i, pidx[la.weight]))
+    return out
+
+
+def stat(run: Run, table: str, name: str) -> np.ndarray | None:
+    """(S, L|P) column or None when absent."""
+    d = run.layer_stats if table == "layer" else run.param_stats
+    a = d.get(name)
+    if a is None or a.size == 0:
+        return None
+    return np.asarray(a, dtype=float)
+
+
+def safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.asarray(a, dtype=float) / np.asarray(b, dtype=float)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def nanmedian(a: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    """``np.nanmedian`` without the all-NaN warning (NaN out instead)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(a, axis=axis)
+
+
+def nanpercentile(a: np.ndarray, q: float) -> float:
+    a = np.asarray(a, dtype=float)
+    a = a[np.isfinite(a)]
+    return float(np.percentile(a, q)) if a.size else math.nan
+
+
+def early_count(n: int, th: Thresholds) -> int:
+    """Size of the early reference window among ``n`` values."""
+    return min(n, max(th.early_min_steps, math.ceil(n * th.early_fraction)))
+
+
+def tail_slice(n: int, th: Thresholds) -> slice:
+    k = max(1, math.ceil(n * th.tail_fraction))
+    return slice(n - k, n)
+
+
+def step_range(steps: Sequence[int] | np.ndarray) -> tuple[int, int] | None:
+    s = np.asarray(steps)
+    if s.size == 0:
+        return None
+    return int(s.min()), int(s.max())
+
+
+def fmt_steps(r: tuple[int, int] | None) -> str:
+    if r is None:
+        return "no steps"
+    return f"step {r[0]}" if r[0] == r[1] else f"steps {r[0]}–{r[1]}"
+
+
+def fmt_num(x: float) -> str:
+    """Short human number: 3 significant digits, scientific for very small/large."""
+    if x is None or not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax != 0 and (ax < 1e-3 or ax >= 1e5):
+        return f"{x:.2e}"
+    return f"{x:.3g}"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f}%" if abs(100 * x - round(100 * x)) < 0.05 or abs(x) >= 0.1 else f"{100 * x:.1f}%"
+
+
+def finite_series(s: Series | None) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a metric with non-finite values dropped, sorted by step."""
+    if s is None or len(s) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    order = np.argsort(s.steps, kind="stable")
+    st, v = np.asarray(s.steps)[order], np.asarray(s.values, dtype=float)[order]
+    ok = np.isfinite(v)
+    return st[ok], v[ok]
+
+
+def optimizer_name(run: Run) -> str | None:
+    opt = run.header.optimizer if run.header is not None else None
+    if not opt:
+        return None
+    for key in ("class", "name", "type", "optimizer"):
+        v = opt.get(key)
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+_ADAPTIVE = ("adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "radam", "lion", "adafactor", "lamb")
+
+
+def is_adaptive(run: Run) -> bool:
+    """Adam-like optimizer (per-element step ≈ lr regardless of the gradient's scale)."""
+    name = optimizer_name(run)
+    return name is not None and any(k in name.lower() for k in _ADAPTIVE)
+
+
+def current_lr(run: Run) -> float | None:
+    """Median learning rate of the first param group over the recorded steps, else the optimizer's lr."""
+    vals = [r[0] for r in run.lr if r and r[0] is not None and math.isfinite(r[0]) and r[0] > 0]
+    if vals:
+        return float(np.median(vals))
+    v = optimizer_hparam(run, "lr")
+    if v is None:
+        v = optimizer_hparam(run, "learning_rate")
+    return v if v is not None and v > 0 else None
+
+
+def optimizer_hparam(run: Run, key: str) -> float | None:
+    """A numeric optimizer hyperparameter from the header: top level, ``defaults``, or the first param group
+    (``watch`` writes ``{"class": ..., "groups": [{"lr": ..., "weight_decay": ...}, ...]}``)."""
+    opt = run.header.optimizer if run.header is not None else None
+    if not isinstance(opt, dict):
+        return None
+    places: list[object] = [opt, opt.get("defaults")]
+    groups = opt.get("groups") or opt.get("param_groups")
+    if isinstance(groups, list) and groups:
+        places.append(groups[0])
+    for d in places:
+        if isinstance(d, dict):
+            v = d.get(key)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                return float(v)
+    return None
+
+
+def output_layer(run: Run) -> int | None:
+    """Index of the last weighted layer (the model's head), if any."""
+    w = weighted_layers(run)
+    return w[-1][0] if w else None
+
+
+def first_divergent_step(run: Run) -> int | None:
+    """The first training step at which the run's numbers stopped being finite, or None.
+
+    Counts a ``nonfinite`` record (loss, activation, output, gradient) on a step an AMP GradScaler did not
+    skip, a recorded step whose activations held NaN/Inf (``layer_stats["nonfinite"]``) or whose activation
+    variance is NaN/Inf while elements were counted, and non-finite parameter gradients on a step that was not
+    skipped. A GradScaler skips overflowing steps on purpose and recovers: those are not divergence."""
+    skipped = run.skipped if run.skipped.shape == run.steps.shape else np.zeros(run.steps.shape, dtype=bool)
+    skipped_steps = set(run.steps[skipped].tolist())
+    cands: list[int] = []
+    for rec in run.nonfinite:
+        if rec.step in skipped_steps and rec.where != "loss":
+            continue
+        cands.append(int(rec.step))
+    if run.steps.size:
+        bad = np.zeros(run.steps.shape, dtype=bool)
+        nf = stat(run, "layer", "nonfinite")
+        if nf is not None:
+            bad |= (np.nan_to_num(nf, nan=0.0) > 0).any(axis=1)
+        var, cnt = stat(run, "layer", "var"), stat(run, "layer", "count")
+        if var is not None and cnt is not None:
+            counted = np.nan_to_num(cnt, nan=0.0) > 0
+            bad |= (counted & ~np.isfinite(var)).any(axis=1)
+        gnf = stat(run, "param", "grad_nonfinite")
+        if gnf is not None:
+            bad |= (np.nan_to_num(gnf, nan=0.0) > 0).any(axis=1) & ~skipped
+        if skipped.any():
+            # Under a scaler, an overflow on a skipped step is routine; only non-skipped steps count.
+            bad &= ~skipped
+        if bad.any():
+            cands.append(int(run.steps[bad].min()))
+    return min(cands) if cands else None
+
+
+def finite_rows(run: Run) -> np.ndarray:
+    """Boolean mask over recorded steps: True before the run diverged (see ``first_divergent_step``).
+
+    Statistics recorded at or after the first non-finite value describe NaN weights, not the model: a NaN
+    activation is never positive, so every ReLU unit would look dead and every saturating unit pinned. The
+    activation and initialization rules judge only the rows this mask keeps."""
+    first = first_divergent_step(run)
+    if first is None:
+        return np.ones(run.steps.shape, dtype=bool)
+    return run.steps < first

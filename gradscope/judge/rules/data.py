@@ -1,0 +1,90 @@
+"""Data rule: inputs far from standardized."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.rules._common import Context, RuleResult, fmt_num, step_range
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.run import Run
+from gradscope.store.schema import InputStats, LayerInfo
+
+
+def _first_layer(run: Run) -> LayerInfo | None:
+    for la in run.layers:
+        if la.name != "":      # "" is the root module
+            return la
+    return None
+
+
+def _median(vals: list[float | None]) -> float | None:
+    xs = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+    return float(np.median(xs)) if xs else None
+
+
+def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """Unnormalized input: the model's input is far from zero mean and unit variance.
+
+    Symptom: slow or unstable training from the start, large first-layer activations, saturation or dead
+    units in the first layer; features with large ranges dominate the others.
+
+    Detected when, in the statistics of the root module's first tensor input (median over recorded steps),
+    the overall std exceeds ``input_std_max``, |mean|/std exceeds ``input_mean_std_ratio``, a feature's
+    std exceeds ``input_std_max`` or its |mean| exceeds ``input_mean_max``, or the per-feature stds span more
+    than ``input_feature_spread`` (features with zero std, e.g. constant border pixels, are left out).
+    Not evaluated when the first layer is an embedding (the inputs are token ids, not magnitudes) or a
+    normalization layer (the model standardizes its own input).
+
+    Why it matters: the variance arguments behind Glorot/He initialization assume zero-mean, unit-variance
+    inputs; a large or offset input scales the first layer's pre-activations and gradients accordingly, and
+    features on very different scales give an ill-conditioned loss surface.
+
+    Fixes: standardize with the training set's mean and std (``transforms.Normalize`` for images,
+    ``StandardScaler`` for tables), applying the same transform to validation and test data; or a
+    BatchNorm/LayerNorm as the first layer.
+    """
+    code = Code.UNNORMALIZED_INPUT
+    if run.header is None:
+        return NotEvaluated(code, "no gradscope log (only TensorBoard scalars): no input statistics")
+    if not run.inputs:
+        return NotEvaluated(code, "no input statistics recorded (the model's first input is not a float tensor)")
+    first = _first_layer(run)
+    if first is not None:
+        t = first.type.lower()
+        if "embedding" in t:
+            return NotEvaluated(code, f"the first layer {first.name} is an {first.type}: inputs are token ids")
+        if "norm" in t:
+            return NotEvaluated(code, f"the first layer {first.name} ({first.type}) normalizes the input itself")
+    stats: list[InputStats] = [s for _, s in run.inputs]
+    mean = _median([s.mean for s in stats])
+    std = _median([s.std for s in stats])
+    fsmin = _median([s.feature_std_min for s in stats])
+    fsmax = _median([s.feature_std_max for s in stats])
+    fmean = _median([s.feature_mean_absmax for s in stats])
+    reasons: list[str] = []
+    if std is not None and std > th.input_std_max:
+        reasons.append(f"std {fmt_num(std)} (threshold {fmt_num(th.input_std_max)})")
+    if mean is not None and std is not None and std > 0 and abs(mean) / std > th.input_mean_std_ratio:
+        reasons.append(f"mean {fmt_num(mean)} is {fmt_num(abs(mean) / std)} stds from 0 "
+                       f"(threshold {fmt_num(th.input_mean_std_ratio)})")
+    if fsmax is not None and fsmax > th.input_std_max and not (std is not None and std > th.input_std_max):
+        reasons.append(f"a feature's std is {fmt_num(fsmax)} (threshold {fmt_num(th.input_std_max)})")
+    if fmean is not None and fmean > th.input_mean_max and not (mean is not None and abs(mean) > th.input_mean_max):
+        reasons.append(f"a feature's |mean| is {fmt_num(fmean)} (threshold {fmt_num(th.input_mean_max)})")
+    elif mean is not None and abs(mean) > th.input_mean_max and not any("stds from 0" in r for r in reasons):
+        reasons.append(f"mean {fmt_num(mean)} (threshold {fmt_num(th.input_mean_max)})")
+    if fsmin is not None and fsmax is not None and fsmin > 0 and fsmax / fsmin > th.input_feature_spread:
+        reasons.append(f"feature stds span {fmt_num(fsmin)}–{fmt_num(fsmax)} ({fmt_num(fsmax / fsmin)}×, "
+                       f"threshold {fmt_num(th.input_feature_spread)}×)")
+    if not reasons:
+        return []
+    steps = step_range([s for s, _ in run.inputs])
+    evidence = {"mean": mean, "std": std, "feature_std_min": fsmin, "feature_std_max": fsmax,
+                "feature_mean_absmax": fmean, "min": _median([s.min for s in stats]),
+                "max": _median([s.max for s in stats]), "criteria": reasons,
+                "first_layer": first.name if first else None}
+    return [Finding(code, Severity.WARNING, "Inputs not normalized", "model input: " + "; ".join(reasons),
+                    layers=(first.name,) if first else (), steps=steps, evidence=evidence, confidence=0.8)]

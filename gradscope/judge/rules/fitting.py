@@ -1,0 +1,321 @@
+"""Fit rules: overfitting (high variance) and underfitting (high bias).
+
+Two sources, in order of preference:
+
+1. Errors — ``train_error``/``val_error``, or 1 − ``train_acc``/``val_acc`` (accuracies logged in percent,
+   i.e. with values above 1, are divided by 100). The standard bias/variance analysis: avoidable bias =
+   train error − baseline error (human-level/Bayes; 0 when not given), variance = validation error − train
+   error; verdicts high bias, high variance, both, neither.
+2. Loss curves — validation loss rising from its minimum while the training loss keeps falling is
+   overfitting (the best evaluation is the early-stopping point); a training loss that stays flat and high
+   with train ≈ validation is underfitting. "High" needs a scale: a loss with no accuracy and no baseline has
+   none, except for classifiers whose chance-level cross-entropy log(C) is known from the final layer's
+   outputs C; without a scale the rule says "not evaluated" rather than guess.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypedDict
+
+import numpy as np
+
+from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.rules._common import (
+    Context,
+    RuleResult,
+    early_count,
+    finite_series,
+    fmt_num,
+    fmt_steps,
+    nanmedian,
+    tail_slice,
+    weighted_layers,
+)
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.run import Run
+
+
+class Verdict(str, Enum):
+    HIGH_BIAS = "high bias"
+    HIGH_VARIANCE = "high variance"
+    BOTH = "high bias and high variance"
+    NEITHER = "neither"
+
+
+@dataclass(frozen=True)
+class BiasVariance:
+    train_error: float
+    val_error: float
+    baseline_error: float
+    avoidable_bias: float
+    variance: float
+    verdict: Verdict
+
+    @property
+    def high_bias(self) -> bool:
+        return self.verdict in (Verdict.HIGH_BIAS, Verdict.BOTH)
+
+    @property
+    def high_variance(self) -> bool:
+        return self.verdict in (Verdict.HIGH_VARIANCE, Verdict.BOTH)
+
+
+def bias_variance(train_error: float, val_error: float, baseline_error: float | None = None,
+                  thresholds: Thresholds | None = None) -> BiasVariance:
+    """The standard analysis: avoidable bias = train − baseline, variance = validation − train.
+
+    >>> bias_variance(0.01, 0.11, 0.005).verdict.value
+    'high variance'
+    """
+    th = thresholds or Thresholds()
+    base = 0.0 if baseline_error is None else float(baseline_error)
+    bias = train_error - base
+    var = val_error - train_error
+    hb = bias > th.avoidable_bias
+    hv = var > th.variance and var >= th.variance_relative * val_error
+    verdict = Verdict.BOTH if hb and hv else Verdict.HIGH_BIAS if hb else Verdict.HIGH_VARIANCE if hv \
+        else Verdict.NEITHER
+    return BiasVariance(train_error, val_error, base, bias, var, verdict)
+
+
+def error_series(run: Run, split: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(steps, error in 0..1, source name) for "train"/"val" from *_error or 1 − *_acc."""
+    for key, is_acc in ((f"{split}_error", False), (f"{split}_acc", True)):
+        st, v = finite_series(run.metrics.get(key))
+        if v.size:
+            if np.nanmax(np.abs(v)) > 1.0:     # logged in percent
+                v = v / 100.0
+            return st, (1.0 - v if is_acc else v), key
+    return None
+
+
+def _final(v: np.ndarray) -> float:
+    return float(v[-1])
+
+
+def chance_loss(run: Run) -> float | None:
+    """log(C) for a classifier head with C ≥ 2 outputs (the last weighted layer's fan_out), else None."""
+    w = weighted_layers(run)
+    if not w:
+        return None
+    head = run.layers[w[-1][0]]
+    c = head.fan_out
+    if head.type.lower() != "linear" or c is None or c < 2:
+        return None
+    return math.log(c)
+
+
+def chance_error(run: Run) -> float | None:
+    """1 − 1/C for a classifier head with C outputs (a single output is a binary classifier, C = 2)."""
+    w = weighted_layers(run)
+    if not w:
+        return None
+    head = run.layers[w[-1][0]]
+    if head.type.lower() != "linear" or not head.fan_out:
+        return None
+    return 1.0 - 1.0 / max(2, head.fan_out)
+
+
+def _value_at(steps: np.ndarray, values: np.ndarray, lo: float, hi: float) -> float | None:
+    """Median of values logged in (lo, hi]; else the nearest value at or before hi."""
+    m = (steps > lo) & (steps <= hi)
+    if m.any():
+        return float(np.median(values[m]))
+    before = np.nonzero(steps <= hi)[0]
+    if before.size:
+        return float(values[before[-1]])
+    return None
+
+
+class _LossCurve(TypedDict):
+    """What ``_loss_overfit`` found, typed so the message and ``steps`` need no casts; it goes into evidence."""
+
+    best_step: int
+    best_eval: int
+    n_evals: int
+    best_val_loss: float
+    final_val_loss: float
+    val_rise: float
+    train_loss_at_best: float
+    train_loss_final: float
+    val_steps: tuple[int, int]
+
+
+def _loss_overfit(run: Run, th: Thresholds) -> _LossCurve | None:
+    """Evidence of val loss rising from its minimum while train loss keeps falling, or None."""
+    vs, vv = finite_series(run.metrics.get("val_loss"))
+    ts, tv = finite_series(run.metrics.get("train_loss"))
+    if vv.size < th.fit_min_points or tv.size < th.fit_min_points:
+        return None
+    best = int(np.argmin(vv))
+    vmin = float(vv[best])
+    after = vv[best + 1:]
+    if after.size < th.overfit_min_after or vmin <= 0:
+        return None
+    rise_last, rise_med = float(vv[-1]) / vmin - 1, float(np.median(after)) / vmin - 1
+    if min(rise_last, rise_med) < th.overfit_val_rise:
+        return None
+    prev = float(vs[best - 1]) if best > 0 else -math.inf
+    t_best = _value_at(ts, tv, prev, float(vs[best]))
+    t_end = _value_at(ts, tv, float(vs[-2]), float(vs[-1]))
+    if t_best is None or t_end is None or t_best <= 0 or t_end > t_best * (1 - th.overfit_train_drop):
+        return None
+    return {"best_step": int(vs[best]), "best_eval": best + 1, "n_evals": int(vv.size), "best_val_loss": vmin,
+            "final_val_loss": float(vv[-1]), "val_rise": rise_last, "train_loss_at_best": t_best,
+            "train_loss_final": t_end, "val_steps": (int(vs[0]), int(vs[-1]))}
+
+
+def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """Overfitting (high variance): the model fits the training set much better than unseen data.
+
+    Symptom: training error keeps falling, validation error stalls or rises; a growing train/validation gap.
+
+    Detected when variance = validation error − train error exceeds ``variance`` and is at least
+    ``variance_relative`` of the validation error (errors from
+    ``*_error`` or 1 − ``*_acc``, final values), or when the validation loss rose at least
+    ``overfit_val_rise`` above its minimum (last value and median after the minimum, with at least
+    ``overfit_min_after`` evaluations after it) while the training loss fell by ``overfit_train_drop`` or
+    more after the best evaluation. Not evaluated without a validation loss or accuracy.
+
+    Why it matters: past the validation minimum further training memorizes the training sample; the model
+    you would ship is worse than the one you had at the best evaluation.
+
+    Fixes: early stopping at the best evaluation; weight decay / dropout; more data or augmentation;
+    a smaller model.
+    """
+    code = Code.OVERFITTING
+    tr, va = error_series(run, "train"), error_series(run, "val")
+    has_val_loss = finite_series(run.metrics.get("val_loss"))[1].size > 0
+    if va is None and not has_val_loss:
+        return NotEvaluated(code, "no validation loss or accuracy logged")
+    curve = _loss_overfit(run, th)
+    bv = None
+    if tr is not None and va is not None:
+        bv = bias_variance(_final(tr[1]), _final(va[1]), ctx.baseline_error, th)
+    if bv is None and curve is None:
+        if not finite_series(run.metrics.get("train_loss"))[1].size and tr is None:
+            return NotEvaluated(code, "no training loss or accuracy logged to compare the validation curve with")
+        if has_val_loss and finite_series(run.metrics.get("val_loss"))[1].size < th.fit_min_points:
+            return NotEvaluated(code, f"fewer than {th.fit_min_points} validation evaluations")
+        return []
+    parts: list[str] = []
+    evidence: dict[str, object] = {}
+    severity: Severity | None = None
+    steps: tuple[int, int] | None = None
+    if bv is not None:
+        evidence.update({"train_error": bv.train_error, "val_error": bv.val_error, "variance": bv.variance,
+                         "avoidable_bias": bv.avoidable_bias, "baseline_error": bv.baseline_error,
+                         "verdict": bv.verdict.value, "threshold": th.variance})
+        if bv.high_variance:
+            severity = Severity.WARNING
+            parts.append(f"{bv.verdict.value}: validation error {100 * bv.val_error:.1f}% vs train "
+                         f"{100 * bv.train_error:.1f}% (variance {100 * bv.variance:.1f} points, threshold "
+                         f"{100 * th.variance:.1f})")
+            if tr is not None and va is not None:   # always, when bv is set; the check narrows the types
+                steps = (int(min(tr[0][-1], va[0][-1])), int(max(tr[0][-1], va[0][-1])))
+    if curve is not None:
+        evidence.update(curve)
+        evidence["best_step"] = curve["best_step"]
+        # When accuracies say variance is fine, a rising validation loss alone is an early sign (info).
+        severity = severity or (Severity.INFO if bv is not None else Severity.WARNING)
+        parts.append(f"validation loss lowest at step {curve['best_step']} (evaluation {curve['best_eval']} of "
+                     f"{curve['n_evals']}, {fmt_num(curve['best_val_loss'])}), then rose to "
+                     f"{fmt_num(curve['final_val_loss'])} (+{100 * curve['val_rise']:.0f}%, threshold "
+                     f"+{100 * th.overfit_val_rise:.0f}%) while training loss fell from "
+                     f"{fmt_num(curve['train_loss_at_best'])} to {fmt_num(curve['train_loss_final'])}")
+        steps = curve["val_steps"]
+    if severity is None:
+        return []
+    conf = 0.9 if (bv is not None and bv.high_variance and curve is not None) else 0.75
+    if bv is not None and ctx.baseline_error is None:
+        evidence["note"] = "no baseline error given; variance does not need one"
+    return [Finding(code, severity, "Overfitting (high variance)", "; ".join(parts), steps=steps,
+                    evidence=evidence, confidence=conf)]
+
+
+def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """Underfitting (high bias): the model does not fit even the training data.
+
+    Symptom: training error stays high; training and validation curves plateau close together.
+
+    Detected when avoidable bias = train error − baseline error exceeds ``avoidable_bias`` (baseline from
+    ``--baseline-error``, else 0: then the finding is an info unless the train error is also at least
+    ``bias_chance_fraction`` of the chance-level error 1 − 1/C, or above ``avoidable_bias_no_baseline`` when C
+    is unknown, since some tasks cannot be learned to zero error). Without errors, from
+    the losses: the training loss improved by less than ``underfit_min_improvement`` from its early to its
+    final part, sits at ``underfit_chance_fraction`` × log(C) or more for a classifier with C outputs, and
+    train ≈ validation within ``underfit_gap`` when a validation loss is logged. A flat loss with no scale
+    (no accuracy, no classifier head) is "not evaluated".
+
+    Why it matters: more epochs of the same setup will not help much; the model or the optimization is the
+    bottleneck.
+
+    Fixes: a bigger or deeper model; training longer; a better-tuned learning rate; less regularization.
+    """
+    code = Code.UNDERFITTING
+    tr, va = error_series(run, "train"), error_series(run, "val")
+    if tr is not None:
+        train_err = _final(tr[1])
+        val_err = _final(va[1]) if va is not None else train_err
+        bv = bias_variance(train_err, val_err, ctx.baseline_error, th)
+        if not bv.high_bias:
+            return []
+        known = ctx.baseline_error is not None
+        chance_err = chance_error(run)
+        if known:
+            severity = Severity.WARNING
+        elif chance_err is not None:
+            severity = Severity.WARNING if train_err >= th.bias_chance_fraction * chance_err else Severity.INFO
+        else:
+            severity = Severity.WARNING if train_err > th.avoidable_bias_no_baseline else Severity.INFO
+        base_txt = (f"baseline {100 * bv.baseline_error:.1f}%" if known else "no baseline given (assumed 0%)")
+        msg = (f"{bv.verdict.value if va is not None else 'high bias'}: train error {100 * train_err:.1f}% "
+               f"({base_txt}; avoidable bias {100 * bv.avoidable_bias:.1f} points, threshold "
+               f"{100 * th.avoidable_bias:.1f})")
+        if va is not None:
+            msg += f", validation error {100 * val_err:.1f}%"
+        steps = (int(tr[0][-1]), int(tr[0][-1]))
+        evidence = {"train_error": train_err, "val_error": val_err if va is not None else None,
+                    "avoidable_bias": bv.avoidable_bias, "variance": bv.variance if va is not None else None,
+                    "baseline_error": bv.baseline_error if known else None, "verdict": bv.verdict.value,
+                    "threshold": th.avoidable_bias}
+        return [Finding(code, severity, "Underfitting (high bias)", msg, steps=steps, evidence=evidence,
+                        confidence=0.85 if known else 0.6)]
+    ts, tv = finite_series(run.metrics.get("train_loss"))
+    if tv.size < th.fit_min_points:
+        return NotEvaluated(code, "no training loss or accuracy logged")
+    k = early_count(tv.size, th)
+    start = float(nanmedian(tv[:k]))
+    tail = tail_slice(tv.size, th)
+    end = float(nanmedian(tv[tail]))
+    if not (start > 0):
+        return NotEvaluated(code, "training loss is not positive; cannot judge its relative improvement")
+    improvement = 1 - end / start
+    if improvement >= th.underfit_min_improvement:
+        return []
+    _vs, vv = finite_series(run.metrics.get("val_loss"))
+    gap = None
+    if vv.size:
+        v_end = float(nanmedian(vv[tail_slice(vv.size, th)]))
+        gap = abs(v_end - end) / end if end > 0 else None
+        if gap is None or gap > th.underfit_gap:
+            return []      # flat train loss but validation far from it: not the underfitting picture
+    chance = chance_loss(run)
+    if chance is None:
+        return NotEvaluated(code, "training loss is flat but nothing tells whether it is high: log train_acc/"
+                                  "val_acc (or train_error) or pass a baseline error")
+    if end < th.underfit_chance_fraction * chance:
+        return []
+    steps = (int(ts[tail][0]), int(ts[-1]))
+    msg = (f"training loss flat at {fmt_num(end)} over {fmt_steps(steps)} ({100 * improvement:.0f}% below its "
+           f"start {fmt_num(start)}, threshold {100 * th.underfit_min_improvement:.0f}%), near the chance-level "
+           f"loss log(C) = {fmt_num(chance)} (≥ {100 * th.underfit_chance_fraction:.0f}% of it)")
+    if gap is not None:
+        msg += f"; validation loss within {100 * gap:.0f}% of it"
+    evidence = {"train_loss_start": start, "train_loss_end": end, "improvement": improvement,
+                "chance_loss": chance, "train_val_gap": gap, "threshold": th.underfit_min_improvement}
+    return [Finding(code, Severity.WARNING, "Underfitting (high bias)", msg, steps=steps, evidence=evidence,
+                    confidence=0.7)]

@@ -1,0 +1,163 @@
+"""Initialization rule: weight variance at init far from what the following activation needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.rules._common import (
+    Context,
+    RuleResult,
+    early_count,
+    finite_rows,
+    fmt_num,
+    label,
+    nanmedian,
+    output_layer,
+    param_index,
+    pct,
+    safe_div,
+    stat,
+    weighted_layers,
+)
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.run import Run
+from gradscope.store.schema import RELU_FAMILY, SATURATING_ACTIVATIONS, LayerInfo
+
+
+@dataclass(frozen=True)
+class InitTarget:
+    scheme: str          # "he", "glorot", "lecun"
+    variance: float      # the weight variance the activation needs
+    nonlinearity: str    # for nn.init.calculate_gain / kaiming_normal_
+
+
+def init_target(la: LayerInfo) -> InitTarget | None:
+    """The variance a layer's weights should have for the activation that follows it.
+
+    He et al. 2015: 2/fan_in for the ReLU family; Klambauer et al. 2017: LeCun 1/fan_in for SELU; Glorot &
+    Bengio 2010: 2/(fan_in + fan_out) for tanh, sigmoid and linear (no activation)."""
+    if not la.fan_in or la.fan_in <= 0:
+        return None
+    act = (la.act or "").lower()
+    if act == "selu":
+        return InitTarget("lecun", 1.0 / la.fan_in, "selu")
+    if act in RELU_FAMILY:
+        return InitTarget("he", 2.0 / la.fan_in, "leaky_relu" if act == "leaky_relu" else "relu")
+    fan_out = la.fan_out if la.fan_out and la.fan_out > 0 else la.fan_in
+    nl = act if act in ("tanh", "sigmoid") else "linear"
+    return InitTarget("glorot", 2.0 / (la.fan_in + fan_out), nl)
+
+
+def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """Poor initialization: initial weight variance far from what the following activation needs — and it shows.
+
+    Symptom: from the first steps, activations shrink or grow layer after layer, units saturate, gradients
+    vanish or explode; training is slow or unstable from the start.
+
+    Detected when a weighted layer's initial weight variance (``init_std``²) is more than ``poor_init_factor``
+    away (either way) from He 2/fan_in (ReLU family), Glorot 2/(fan_in+fan_out) (tanh, sigmoid, linear) or
+    LeCun 1/fan_in (SELU), *and* the statistics show it: the activation std changes by ``signal_depth_factor``
+    from the first to the last weighted layer on the early steps, the mis-scaled layer's units are saturated
+    early (``saturation_fraction``), or vanishing/exploding gradients or saturation were found. A hidden layer
+    initialized to all-equal weights (std 0) never breaks symmetry and is flagged on that alone. PyTorch's
+    default 1/(3·fan_in) lies within the factor on purpose and never triggers on its own.
+
+    Why it matters: Var(z) = fan_in · Var(w) · Var(x); a per-layer factor ≠ 1 compounds exponentially with
+    depth in both the forward signal and the backward gradient (Glorot & Bengio 2010; He et al. 2015).
+
+    Fixes: re-initialize the named layers with the matching scheme (``kaiming_normal_``, ``xavier_normal_``
+    with the activation's gain, LeCun normal for SELU); normalization layers make a net less sensitive to init.
+    """
+    code = Code.POOR_INIT
+    if run.header is None:
+        return NotEvaluated(code, "no gradscope log (only TensorBoard scalars): no initial weight statistics")
+    pidx = param_index(run)
+    w = weighted_layers(run)
+    head = output_layer(run)
+    checked = 0
+    mis: list[tuple[int, float, InitTarget]] = []   # (layer index, variance ratio actual/target, target)
+    symmetric: list[int] = []
+    for li, pi in w:
+        la, p = run.layers[li], run.params[pi]
+        if p.init_std is None:
+            continue
+        tgt = init_target(la)
+        if tgt is None:
+            continue
+        checked += 1
+        if p.init_std == 0.0:
+            if li != head and p.numel > 1:
+                symmetric.append(li)
+            continue
+        q = p.init_std ** 2 / tgt.variance
+        if q > th.poor_init_factor or q < 1.0 / th.poor_init_factor:
+            mis.append((li, q, tgt))
+    if checked == 0:
+        return NotEvaluated(code, "no initial weight statistics (init_std, fan_in) for weighted layers")
+    if not mis and not symmetric:
+        return []
+    shows: list[str] = []
+    evidence: dict[str, object] = {}
+    early_steps = None
+    var = stat(run, "layer", "var")
+    rows = np.nonzero(finite_rows(run))[0]   # statistics after divergence describe NaN weights
+    if mis and var is not None and rows.size:
+        k = early_count(rows.size, th)
+        early = rows[:k]
+        early_steps = (int(run.steps[early[0]]), int(run.steps[early[-1]]))
+        std = np.sqrt(np.where(var[early] >= 0, var[early], np.nan))
+        wl = [li for li, _ in w]
+        if len(wl) >= 2:
+            depth = float(nanmedian(safe_div(std[:, wl[-1]], std[:, wl[0]])))
+            if np.isfinite(depth) and (depth > th.signal_depth_factor or depth < 1.0 / th.signal_depth_factor):
+                shows.append(f"activation std changes {fmt_num(depth)}× from {label(run.layers[wl[0]].name)} to "
+                             f"{label(run.layers[wl[-1]].name)} on the first steps (threshold "
+                             f"{fmt_num(th.signal_depth_factor)}× either way)")
+                evidence["early_activation_depth_ratio"] = depth
+        sat, units = stat(run, "layer", "saturated"), stat(run, "layer", "units")
+        if sat is not None and units is not None:
+            for li, _, _ in mis:
+                if (run.layers[li].act or "").lower() in SATURATING_ACTIVATIONS:
+                    f = float(nanmedian(safe_div(sat[early, li], units[early, li])))
+                    if np.isfinite(f) and f >= th.saturation_fraction:
+                        shows.append(f"{pct(f)} of {label(run.layers[li].name)}'s units saturated on the first steps")
+    related = [c.value for c in (Code.VANISHING_GRADIENTS, Code.EXPLODING_GRADIENTS, Code.SATURATION)
+               if ctx.has(c)]
+    if mis and related:
+        shows.append("found alongside " + ", ".join(related))
+    parts: list[str] = []
+    layers: list[str] = []
+    per_layer: dict[str, dict[str, object]] = {}
+    if mis and shows:
+        for li, q, tgt in mis:
+            la = run.layers[li]
+            wp = run.params[pidx[la.weight]] if la.weight in pidx else None
+            actual = (wp.init_std or 0.0) ** 2 if wp is not None else float("nan")
+            layers.append(la.name)
+            per_layer[la.name] = {"init_var": actual, "target_var": tgt.variance, "scheme": tgt.scheme,
+                                  "ratio": q, "activation": la.act, "nonlinearity": tgt.nonlinearity,
+                                  "fan_in": la.fan_in, "fan_out": la.fan_out}
+            parts.append(f"{label(la.name)}: init variance {fmt_num(actual)} is {fmt_num(q)}× the "
+                         f"{tgt.scheme.capitalize()} target {fmt_num(tgt.variance)} for "
+                         f"{la.act or 'no activation'} (threshold {fmt_num(th.poor_init_factor)}× either way)")
+    for li in symmetric:
+        la = run.layers[li]
+        tgt = init_target(la)
+        layers.append(la.name)
+        per_layer[la.name] = {"init_var": 0.0, "target_var": tgt.variance if tgt else None,
+                              "scheme": tgt.scheme if tgt else None, "ratio": 0.0, "activation": la.act,
+                              "nonlinearity": tgt.nonlinearity if tgt else "relu", "fan_in": la.fan_in,
+                              "fan_out": la.fan_out, "symmetric": True}
+        parts.append(f"{label(la.name)}: all weights equal at init (std 0) — its units never become different")
+    if not parts:
+        return []
+    msg = "; ".join(parts)
+    if shows:
+        msg += " — shows as: " + "; ".join(shows)
+    evidence["layers"] = per_layer
+    evidence["shows"] = shows
+    return [Finding(code, Severity.WARNING, "Poor weight initialization", msg, layers=tuple(layers),
+                    steps=early_steps, evidence=evidence, confidence=0.8 if shows else 0.7)]

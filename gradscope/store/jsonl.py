@@ -1,0 +1,243 @@
+"""The run log on disk: an append-only JSON Lines writer and a reader that survives damage.
+
+Why JSON Lines and not TensorBoard events or a pickle: one record per line, flushed as it is written, so a
+killed process loses at most the line it was writing; a damaged line is skipped with a warning naming the
+file and line and every other record is still read (TensorBoard's reader silently stops at the first bad
+record); and it is plain data, never unpickled. No torch import here.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from gradscope.errors import GradscopeWarning, LogError
+from gradscope.store.schema import (
+    LOG_FILE_PREFIX,
+    LOG_FILE_SUFFIX,
+    SCHEMA_VERSION,
+    CloseRecord,
+    Header,
+    InputStats,
+    MetricsRecord,
+    NonFiniteRecord,
+    StepRecord,
+)
+
+_RANK_FILE = re.compile(rf"^{LOG_FILE_PREFIX}\.rank(\d+){re.escape(LOG_FILE_SUFFIX)}$")
+
+
+def log_path(logdir: str | os.PathLike[str], rank: int = 0) -> Path:
+    """Where rank ``rank`` of a run in ``logdir`` writes: ``LOGDIR/gradscope.rank0.jsonl``."""
+    return Path(logdir) / f"{LOG_FILE_PREFIX}.rank{rank}{LOG_FILE_SUFFIX}"
+
+
+def log_files(logdir: str | os.PathLike[str]) -> list[Path]:
+    """The per-rank log files directly inside ``logdir``, ordered by rank."""
+    d = Path(logdir)
+    found = []
+    for p in d.iterdir() if d.is_dir() else ():
+        m = _RANK_FILE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+class LogWriter:
+    """Appends records, one JSON object per line, flushed per record.
+
+    Opening happens at attach time so an unwritable logdir fails before training starts, not mid-run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                warnings.warn(f"gradscope: replacing the earlier log {path}", GradscopeWarning, stacklevel=3)
+            self._f: IO[str] | None = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        except OSError as e:
+            raise LogError(f"cannot write the gradscope log {path}: {e.strerror or e}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._f is None:
+            return
+        # allow_nan=False: records are sanitized to null before this point; a NaN here is a bug, not data.
+        self._f.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    @property
+    def closed(self) -> bool:
+        return self._f is None
+
+
+@dataclass
+class StepMeta:
+    """A step record without its rows (those are in ``RawLog.layer_array`` / ``param_array``)."""
+
+    step: int
+    time: float
+    grad_norm: float | None
+    grad_norm_steps: tuple[tuple[int, float | None], ...]
+    lr: tuple[float, ...]
+    input: InputStats | None
+    skipped: bool
+    clip_norm: float | None = None   # grad norm at optimizer-step time
+
+
+@dataclass
+class RawLog:
+    """Every intact record of one log file, in order, plus what was wrong with the rest.
+
+    Step rows are kept as arrays, ``layer_array[s, layer, field]`` and ``param_array[s, param, field]``
+    (float32, NaN = missing): building Python tuples for 200 layers × 10,000 steps took longer than the
+    whole report may. ``steps`` gives them as ``StepRecord`` objects on demand.
+    """
+
+    path: Path
+    header: Header
+    activations: dict[str, str] = field(default_factory=dict)
+    step_meta: list[StepMeta] = field(default_factory=list)
+    layer_array: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=np.float32))
+    param_array: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=np.float32))
+    metrics: list[MetricsRecord] = field(default_factory=list)
+    nonfinite: list[NonFiniteRecord] = field(default_factory=list)
+    close: CloseRecord | None = None
+    grad_norms: list[tuple[int, float | None]] = field(default_factory=list)   # steps after the last record
+    problems: list[str] = field(default_factory=list)
+
+    @cached_property
+    def steps(self) -> list[StepRecord]:
+        return [StepRecord(step=m.step, time=m.time, layers=_rows(self.layer_array[i]),
+                           params=_rows(self.param_array[i]), grad_norm=m.grad_norm,
+                           grad_norm_steps=m.grad_norm_steps, lr=m.lr, input=m.input, skipped=m.skipped,
+                           clip_norm=m.clip_norm)
+                for i, m in enumerate(self.step_meta)]
+
+
+def _rows(a: np.ndarray) -> tuple[tuple[float | None, ...] | None, ...]:
+    out = []
+    for r in a.tolist():
+        row = tuple(None if v != v else v for v in r)   # v != v: NaN
+        out.append(None if all(v is None for v in row) else row)
+    return tuple(out)
+
+
+def _unpack(packed: Any, rows: int, width: int) -> np.ndarray:
+    """(rows, width) float32 from a packed base64 string or plain nested lists (None → NaN)."""
+    if isinstance(packed, str):
+        # binascii directly: b64decode(validate=True) first runs a regex over the whole string. A damaged
+        # string fails binascii (padding) or the size check below.
+        a = np.frombuffer(binascii.a2b_base64(packed), dtype="<f4")
+        if a.size != rows * width:
+            raise ValueError(f"packed rows hold {a.size} numbers, expected {rows}×{width}")
+        return a.reshape(rows, width).astype(np.float32)
+    out = np.full((rows, width), np.nan, dtype=np.float32)
+    if len(packed) != rows:
+        raise ValueError(f"{len(packed)} rows, expected {rows}")
+    for i, r in enumerate(packed):
+        if r is not None:
+            out[i, : len(r)] = [np.nan if v is None else v for v in r[:width]]
+    return out
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, complete) for each line; the last is incomplete when the writer was cut off."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, start=1):
+            yield i, line, line.endswith("\n")
+
+
+def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
+    """Read one log file. A damaged record is skipped with a warning naming ``path:line``.
+
+    Raises ``LogError`` (one line, with the path) when nothing usable is there: a missing or empty file, no
+    header, or a schema newer than this reader.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise LogError(f"{p}: no such log file")
+    header: Header | None = None
+    log: RawLog | None = None
+    problems: list[str] = []
+    layer_rows: list[np.ndarray] = []
+    param_rows: list[np.ndarray] = []
+    for lineno, text, complete in _lines(p):
+        if not text.strip():
+            continue
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict):
+                raise ValueError("not a JSON object")
+            kind = d.get("kind")
+            if header is None:
+                if kind != "header":
+                    raise LogError(f"{p}:{lineno}: the first record is {kind!r}, not a gradscope header")
+                schema = int(d.get("schema", -1))
+                if schema > SCHEMA_VERSION:
+                    raise LogError(f"{p}: log schema {schema} is newer than this gradscope understands "
+                                   f"({SCHEMA_VERSION}); upgrade gradscope")
+                header = Header.from_dict(d)
+                log = RawLog(path=p, header=header)
+                continue
+            assert log is not None
+            if kind == "step":
+                h = log.header
+                la = _unpack(d.get("layers", ()), len(h.layers), len(h.layer_fields))
+                pa = _unpack(d.get("params", ()), len(h.params), len(h.param_fields))
+                inp = d.get("input")
+                meta = StepMeta(step=int(d["step"]), time=float(d.get("time", 0.0)), grad_norm=d.get("grad_norm"),
+                                grad_norm_steps=tuple((int(st), v) for st, v in d.get("grad_norm_steps", ())),
+                                lr=tuple(d.get("lr", ())), input=None if inp is None else InputStats.from_dict(inp),
+                                skipped=bool(d.get("skipped", False)), clip_norm=d.get("clip_norm"))
+                layer_rows.append(la)
+                param_rows.append(pa)
+                log.step_meta.append(meta)
+            elif kind == "metrics":
+                log.metrics.append(MetricsRecord.from_dict(d))
+            elif kind == "activations":
+                log.activations.update({str(k): str(v) for k, v in d.get("acts", {}).items()})
+            elif kind == "nonfinite":
+                log.nonfinite.append(NonFiniteRecord.from_dict(d))
+            elif kind == "grad_norms":
+                log.grad_norms.extend((int(st), v) for st, v in d.get("steps", ()))
+            elif kind == "close":
+                log.close = CloseRecord.from_dict(d)
+            # Unknown kinds are from a newer writer of the same schema: skip them quietly.
+        except LogError:
+            raise
+        except (ValueError, KeyError, TypeError, binascii.Error) as e:
+            why = "truncated record (the writer was cut off)" if not complete else f"corrupt record ({_short(e)})"
+            problems.append(f"{p}:{lineno}: {why}; skipped")
+    if header is None or log is None:
+        raise LogError(f"{p}: empty log, no gradscope header" if not problems else problems[0])
+    log.problems = problems
+    h = log.header
+    log.layer_array = (np.stack(layer_rows) if layer_rows
+                       else np.zeros((0, len(h.layers), len(h.layer_fields)), dtype=np.float32))
+    log.param_array = (np.stack(param_rows) if param_rows
+                       else np.zeros((0, len(h.params), len(h.param_fields)), dtype=np.float32))
+    if warn:
+        for msg in problems:
+            warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
+    return log
+
+
+def _short(e: Exception) -> str:
+    s = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return s[:120]

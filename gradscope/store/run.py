@@ -1,0 +1,149 @@
+"""A run as the rules see it: columns of plain numbers (numpy), no torch.
+
+``run_from_log`` turns one parsed log (``store.jsonl.RawLog``) into a ``Run``; ``store.load`` finds the logs
+of a folder and merges ranks and TensorBoard scalars into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from gradscope.store.jsonl import RawLog
+from gradscope.store.schema import (
+    LAYER_FIELDS,
+    PARAM_FIELDS,
+    Header,
+    InputStats,
+    LayerInfo,
+    NonFiniteRecord,
+    ParamInfo,
+)
+
+CLIP_RTOL = 1e-3
+"""Relative drop of the total gradient norm between the end of backward and the optimizer step that counts
+as clipping: two fp32 norms of the same gradients differ by ~1e-6, a clip that binds changes it by more."""
+
+CANONICAL_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "train_error", "val_error")
+"""Metric names the fit rules read (``scope.log(...)`` keys or mapped TensorBoard tags)."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One scalar over time: ``steps[i]`` → ``values[i]`` (NaN where the value was non-finite)."""
+
+    steps: np.ndarray   # (n,) int64
+    values: np.ndarray  # (n,) float64
+    source: str = "gradscope"   # "gradscope" (scope.log) or "tensorboard:<tag>"
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass
+class Run:
+    """Everything known about one training run, as arrays indexed [recorded step, layer|param]."""
+
+    name: str
+    path: Path
+    header: Header | None
+    layers: tuple[LayerInfo, ...] = ()
+    params: tuple[ParamInfo, ...] = ()
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # (S,)
+    layer_stats: dict[str, np.ndarray] = field(default_factory=dict)   # field -> (S, L), NaN = missing
+    param_stats: dict[str, np.ndarray] = field(default_factory=dict)   # field -> (S, P), NaN = missing
+    grad_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (S,) total grad norm, recorded
+    all_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))    # (K,) every step
+    all_grad_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))                # (K,)
+    lr: list[tuple[float, ...]] = field(default_factory=list)           # per recorded step
+    inputs: list[tuple[int, InputStats]] = field(default_factory=list)
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))           # (S,)
+    clip_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (S,) grad norm the optimizer saw
+    metrics: dict[str, Series] = field(default_factory=dict)
+    nonfinite: list[NonFiniteRecord] = field(default_factory=list)
+    completed: bool = False
+    problems: list[str] = field(default_factory=list)
+    ranks: int = 1
+
+    @property
+    def has_log(self) -> bool:
+        return self.header is not None
+
+    @property
+    def n_steps(self) -> int:
+        """Training steps seen (the last step index + 1), not just the recorded ones."""
+        last = [int(a[-1]) for a in (self.all_steps, self.steps) if a.size]
+        return max(last) + 1 if last else 0
+
+    @property
+    def clipping(self) -> bool:
+        """Gradient clipping is active: on some recorded step the optimizer stepped with a smaller total
+        gradient norm than backward produced (measured with ``watch(..., optimizer=)``)."""
+        n = min(self.clip_norm.size, self.grad_norm.size)
+        c, g = self.clip_norm[:n], self.grad_norm[:n]
+        ok = np.isfinite(c) & np.isfinite(g)
+        return bool(np.any(c[ok] < g[ok] * (1.0 - CLIP_RTOL)))
+
+    def layer_index(self, name: str) -> int:
+        for i, la in enumerate(self.layers):
+            if la.name == name:
+                return i
+        raise KeyError(name)
+
+    def layer(self, field_name: str) -> np.ndarray:
+        """(S, L) array of one per-layer statistic."""
+        return self.layer_stats[field_name]
+
+    def param(self, field_name: str) -> np.ndarray:
+        """(S, P) array of one per-parameter statistic."""
+        return self.param_stats[field_name]
+
+
+def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
+    """Columns from one rank's records."""
+    h = raw.header
+    layers = tuple(replace(la, act=raw.activations.get(la.name, la.act)) for la in h.layers)
+    meta = raw.step_meta
+    steps = np.array([m.step for m in meta], dtype=np.int64)
+    lf, pf = list(h.layer_fields), list(h.param_fields)
+    la = raw.layer_array.astype(np.float64)
+    pa = raw.param_array.astype(np.float64)
+    layer_stats = {f: la[:, :, lf.index(f)] if f in lf else np.full(la.shape[:2], np.nan) for f in LAYER_FIELDS}
+    param_stats = {f: pa[:, :, pf.index(f)] if f in pf else np.full(pa.shape[:2], np.nan) for f in PARAM_FIELDS}
+    every: dict[int, float] = {}
+    for m in meta:
+        for s, v in m.grad_norm_steps:
+            every[s] = np.nan if v is None else v
+        if m.step not in every and m.grad_norm is not None:
+            every[m.step] = m.grad_norm
+    for s, v in raw.grad_norms:
+        every[s] = np.nan if v is None else v
+    all_steps = np.array(sorted(every), dtype=np.int64)
+    metrics: dict[str, list[tuple[int, float]]] = {}
+    for mr in raw.metrics:
+        for k, v in mr.values.items():
+            metrics.setdefault(k, []).append((mr.step, np.nan if v is None else float(v)))
+    return Run(
+        name=name if name is not None else raw.path.parent.name,
+        path=raw.path.parent,
+        header=h,
+        layers=layers,
+        params=h.params,
+        steps=steps,
+        layer_stats=layer_stats,
+        param_stats=param_stats,
+        grad_norm=np.array([np.nan if m.grad_norm is None else m.grad_norm for m in meta], dtype=float),
+        all_steps=all_steps,
+        all_grad_norm=np.array([every[s] for s in all_steps], dtype=float),
+        lr=[m.lr for m in meta],
+        inputs=[(m.step, m.input) for m in meta if m.input is not None],
+        skipped=np.array([m.skipped for m in meta], dtype=bool),
+        clip_norm=np.array([np.nan if m.clip_norm is None else m.clip_norm for m in meta], dtype=float),
+        metrics={k: Series(np.array([s for s, _ in v], dtype=np.int64), np.array([x for _, x in v], dtype=float))
+                 for k, v in metrics.items()},
+        nonfinite=list(raw.nonfinite),
+        completed=raw.close is not None,
+        problems=list(raw.problems),
+    )
