@@ -9,9 +9,11 @@ record); and it is plain data, never unpickled. No torch import here.
 from __future__ import annotations
 
 import binascii
+import errno
 import json
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,32 +55,142 @@ def log_files(logdir: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-class LogWriter:
-    """Appends records, one JSON object per line, flushed per record.
+RUN_FOLDER_PREFIX = "run-"
+"""A second writer on a logdir whose log is held by a live writer goes to ``LOGDIR/run-2/``, then ``run-3/``...
+(like TensorBoard's per-run subfolders); ``load`` finds each as its own run."""
 
-    Opening happens at attach time so an unwritable logdir fails before training starts, not mid-run.
+MAX_RUN_FOLDERS = 1000
+"""``LogWriter.open`` gives up (``LogError``) after this many busy run folders: something is looping."""
+
+try:   # POSIX advisory locks; without them (Windows) two live writers are not detected
+    import fcntl as _fcntl
+except ImportError:   # pragma: no cover - not POSIX
+    _fcntl = None  # type: ignore[assignment]
+
+_OPEN_FLAGS = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_NONBLOCK", 0))
+"""Create or open for writing without truncating (truncation waits until the lock is ours), never through
+a symlink planted at the log path, and non-blocking so a FIFO planted there fails instead of hanging."""
+
+
+class LogBusyError(LogError):
+    """The log path is taken: another live writer holds it, or something other than a regular file (a
+    symlink, a FIFO, a folder) sits there. ``LogWriter.open`` moves on to a ``run-N`` folder on this error."""
+
+
+class LogWriter:
+    """Appends records, one JSON object per line, flushed per record; the only writer of its file.
+
+    One writer per log: the file is opened without following a symlink (``O_NOFOLLOW``), must be a regular
+    file, and is held under an exclusive advisory ``flock`` for as long as it is open, so two watches on the
+    same logdir and rank (two processes, or one process twice) cannot interleave or truncate each other.
+    ``LogWriter.open(logdir, rank)`` is what the watch uses: when a live writer holds
+    ``LOGDIR/gradscope.rank{R}.jsonl``, the new run is written to ``LOGDIR/run-2/`` (then ``run-3/``, ...)
+    with one ``GradscopeWarning``, and ``.path`` says where. Training must not die because of its observer,
+    and ``gradscope report LOGDIR`` then shows both runs (the loader reads subfolders as separate runs).
+    A finished log (no live writer) at the path is replaced, with a ``GradscopeWarning`` naming it: re-running
+    a script on the same logdir is the common case, and the warning means it is never done silently.
+
+    ``LogWriter(path)`` writes exactly at ``path`` and raises ``LogBusyError`` when it is taken.
+
+    Opening happens at attach time so an unwritable logdir fails (``LogError``) before training starts, not
+    mid-run. After that nothing raises: an ``OSError`` while writing (disk full, a vanished network mount)
+    stops the log with one ``GradscopeWarning``, keeps every line written before, and ``close()`` succeeds.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.failed = False
+        """True once a write failed: the log ends there and later records are dropped."""
+        self._f: IO[str] | None = self._open_exclusive(self.path)
+
+    @classmethod
+    def open(cls, logdir: str | os.PathLike[str], rank: int = 0) -> LogWriter:
+        """The writer of rank ``rank``'s log in ``logdir``, or in the first free ``run-N`` subfolder when a
+        live writer (or a symlink, a FIFO...) holds it; ``.path`` is where it writes. Raises ``LogError``
+        only when nothing can be written (an unwritable logdir)."""
+        root = Path(logdir)
+        first = log_path(root, rank)
+        try:
+            return cls(first)
+        except LogBusyError as e:
+            reason = str(e)
+        for n in range(2, MAX_RUN_FOLDERS + 1):
+            path = log_path(root / f"{RUN_FOLDER_PREFIX}{n}", rank)
+            try:
+                w = cls(path)
+            except LogBusyError:
+                continue
+            warnings.warn(f"gradscope: {reason}; this run writes its log to {path} instead",
+                          GradscopeWarning, stacklevel=2)
+            return w
+        raise LogError(f"cannot write the gradscope log in {root}: {reason}, and so are "
+                       f"{RUN_FOLDER_PREFIX}2..{MAX_RUN_FOLDERS}")
+
+    @staticmethod
+    def _open_exclusive(path: Path) -> IO[str]:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():
-                warnings.warn(f"gradscope: replacing the earlier log {path}", GradscopeWarning, stacklevel=3)
-            self._f: IO[str] | None = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            existed = path.exists() or path.is_symlink()
+            fd = os.open(path, _OPEN_FLAGS, 0o644)
         except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR, errno.ETXTBSY, errno.EAGAIN):
+                raise LogBusyError(f"{path} is not a regular file a log can be written to "
+                                   f"({e.strerror or e}); not following or replacing it") from None
+            raise LogError(f"cannot write the gradscope log {path}: {e.strerror or e}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LogBusyError(f"{path} is not a regular file; not writing into it")
+            if _fcntl is not None:
+                try:
+                    _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise LogBusyError(f"{path} is being written by another gradscope watch") from None
+            os.set_blocking(fd, True)
+            if existed and os.fstat(fd).st_size > 0:
+                warnings.warn(f"gradscope: replacing the earlier log {path}", GradscopeWarning, stacklevel=4)
+            os.ftruncate(fd, 0)   # only now, with the lock held: a live writer's log is never cut
+            return os.fdopen(fd, "w", encoding="utf-8")
+        except LogError:
+            os.close(fd)
+            raise
+        except OSError as e:
+            os.close(fd)
             raise LogError(f"cannot write the gradscope log {path}: {e.strerror or e}") from None
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one record. Never raises ``OSError``: a failed write ends the log (see the class)."""
         if self._f is None:
             return
         # allow_nan=False: records are sanitized to null before this point; a NaN here is a bug, not data.
-        self._f.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
-        self._f.flush()
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        try:
+            self._f.write(line)
+            self._f.flush()
+        except OSError as e:
+            self._fail(e)
+
+    def _fail(self, e: OSError) -> None:
+        self.failed = True
+        f, self._f = self._f, None
+        try:
+            if f is not None:
+                f.close()   # flushes what is buffered (may fail again) and always releases the fd and lock
+        except OSError:
+            pass
+        warnings.warn(f"gradscope: writing the log {self.path} failed ({e.strerror or e}); the log stops "
+                      "here, training continues", GradscopeWarning, stacklevel=3)
 
     def close(self) -> None:
+        """Close the file and release the lock; idempotent, and never raises ``OSError``."""
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError as e:
+                self._f = None
+                self.failed = True
+                warnings.warn(f"gradscope: closing the log {self.path} failed ({e.strerror or e}); its last "
+                              "record may be cut", GradscopeWarning, stacklevel=2)
             self._f = None
 
     @property
