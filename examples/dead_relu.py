@@ -9,7 +9,7 @@ nothing can revive the unit, and the network stays at chance.
 Fixed, as gradscope recommends: ``nn.LeakyReLU(0.1)`` (a small slope for negative inputs keeps the gradient
 alive) with He initialization for leaky ReLU and zero biases.
 
-The problem definitions (``_dead_relu`` in gradscope/demo/) are shared with ``gradscope demo``.
+The problem definitions (``_dead_relu`` in gradscope/demo/problems.py) are shared with ``gradscope demo``.
 """
 
 from gradscope.demo import example_main

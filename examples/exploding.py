@@ -9,7 +9,7 @@ output is ~10^6 times the input, the first SGD steps overshoot and the loss beco
 Fixed, as gradscope recommends: He initialization plus gradient clipping between ``backward()`` and
 ``step()``: ``torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)``.
 
-The problem definitions (``_exploding`` in gradscope/demo/) are shared with ``gradscope demo``.
+The problem definitions (``_exploding`` in gradscope/demo/problems.py) are shared with ``gradscope demo``.
 """
 
 from gradscope.demo import example_main

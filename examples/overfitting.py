@@ -9,7 +9,7 @@ its minimum within a few epochs and then rises while the training loss keeps fal
 Fixed, as gradscope recommends: early stopping at the best validation loss (the best checkpoint is kept),
 with weight decay (AdamW, 0.1) and dropout (0.5).
 
-The problem definitions (``_overfitting`` in gradscope/demo/) are shared with ``gradscope demo``.
+The problem definitions (``_overfitting`` in gradscope/demo/problems.py) are shared with ``gradscope demo``.
 """
 
 from gradscope.demo import example_main

@@ -9,7 +9,7 @@ every unit and sample, so the first layer does not learn.
 Fixed, as gradscope recommends: standardize the inputs with the training set's statistics,
 ``x = (x - mean) / std`` per feature.
 
-The problem definitions (``_saturation`` in gradscope/demo/) are shared with ``gradscope demo``.
+The problem definitions (``_saturation`` in gradscope/demo/problems.py) are shared with ``gradscope demo``.
 """
 
 from gradscope.demo import example_main

@@ -7,7 +7,7 @@ separable. The training error plateaus near 35% however long it trains, and trai
 
 Fixed, as gradscope recommends: a bigger model, three hidden layers of 64 ReLU units.
 
-The problem definitions (``_underfitting`` in gradscope/demo/) are shared with ``gradscope demo``.
+The problem definitions (``_underfitting`` in gradscope/demo/problems.py) are shared with ``gradscope demo``.
 """
 
 from gradscope.demo import example_main

@@ -9,7 +9,7 @@ gradients orders of magnitude smaller than the last (Glorot & Bengio, 2010). Tra
 Fixed, as gradscope recommends: ReLU activations with He (Kaiming) initialization,
 ``nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")``.
 
-The problem definitions (``_vanishing`` in gradscope/demo/) are shared with ``gradscope demo``.
+The problem definitions (``_vanishing`` in gradscope/demo/problems.py) are shared with ``gradscope demo``.
 """
 
 from gradscope.demo import example_main

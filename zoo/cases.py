@@ -28,7 +28,6 @@ seed (the caller's global RNG is left as it was), synthetic data comes from a pr
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
+from gradscope.demo.models import mlp
 from gradscope.errors import GradscopeWarning
 from gradscope.judge.findings import Code, FixKind
 
@@ -194,24 +194,6 @@ def regression_sequences(n: int = 600, length: int = 15, *, seed: int = 0) -> Da
 
 
 # ------------------------------------------------------------------------------------------------- models
-_ACTS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-                                             "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
-
-
-def mlp(sizes: list[int], act: str = "relu", *, bn: bool = False, dropout: float = 0.0) -> nn.Sequential:
-    """Linear layers of the given sizes with ``act`` between them (optionally BatchNorm before it)."""
-    mods: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        mods.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            if bn:
-                mods.append(nn.BatchNorm1d(b))
-            mods.append(_ACTS[act]())
-            if dropout:
-                mods.append(nn.Dropout(dropout))
-    return nn.Sequential(*mods)
-
-
 class DigitsCNN(nn.Module):
     """Two 3×3 convolutions with ReLU on 1×8×8 images, max-pool, linear head (functional activations)."""
 
