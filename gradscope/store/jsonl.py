@@ -8,7 +8,6 @@ record); and it is plain data, never unpickled. No torch import here.
 
 from __future__ import annotations
 
-import binascii
 import errno
 import json
 import os
@@ -24,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from gradscope.errors import GradscopeWarning, LogError
+from gradscope.store import validate
 from gradscope.store.schema import (
     LOG_FILE_PREFIX,
     LOG_FILE_SUFFIX,
@@ -35,6 +35,7 @@ from gradscope.store.schema import (
     NonFiniteRecord,
     StepRecord,
 )
+from gradscope.store.validate import MAX_LINE_BYTES
 
 _RANK_FILE = re.compile(rf"^{LOG_FILE_PREFIX}\.rank(\d+){re.escape(LOG_FILE_SUFFIX)}$")
 
@@ -250,93 +251,145 @@ def _rows(a: np.ndarray) -> tuple[tuple[float | None, ...] | None, ...]:
     return tuple(out)
 
 
-def _unpack(packed: Any, rows: int, width: int) -> np.ndarray:
-    """(rows, width) float32 from a packed base64 string or plain nested lists (None → NaN)."""
-    if isinstance(packed, str):
-        # binascii directly: b64decode(validate=True) first runs a regex over the whole string. A damaged
-        # string fails binascii (padding) or the size check below.
-        a = np.frombuffer(binascii.a2b_base64(packed), dtype="<f4")
-        if a.size != rows * width:
-            raise ValueError(f"packed rows hold {a.size} numbers, expected {rows}×{width}")
-        return a.reshape(rows, width).astype(np.float32)
-    out = np.full((rows, width), np.nan, dtype=np.float32)
-    if len(packed) != rows:
-        raise ValueError(f"{len(packed)} rows, expected {rows}")
-    for i, r in enumerate(packed):
-        if r is not None:
-            out[i, : len(r)] = [np.nan if v is None else v for v in r[:width]]
-    return out
+def _lines(path: Path) -> Iterator[tuple[int, str | None, bool]]:
+    """(line number, text, complete) for each line, read in bounded pieces: a line longer than
+    ``MAX_LINE_BYTES`` is skipped without being held (text None). The last line is incomplete when the writer
+    was cut off. Invalid UTF-8 is replaced (U+FFFD), so only JSON decides what is damaged."""
+    with open(path, "rb") as f:
+        lineno = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while True:   # skip the rest of this line, a MiB at a time
+                    chunk = f.readline(2**20)
+                    if not chunk or chunk.endswith(b"\n"):
+                        break
+                yield lineno, None, True
+                continue
+            yield lineno, raw.decode("utf-8", "replace"), raw.endswith(b"\n")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str, bool]]:
-    """(line number, text, complete) for each line; the last is incomplete when the writer was cut off."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f, start=1):
-            yield i, line, line.endswith("\n")
+def _records(p: Path, problems: list[str]) -> Iterator[tuple[int, dict[str, Any], bool]]:
+    """The JSON objects of the file with their line numbers; lines that are too long, too deep, not JSON or
+    not an object become problems here, before any of their content is used."""
+    for lineno, line, complete in _lines(p):
+        if line is None:
+            problems.append(f"{p}:{lineno}: record longer than {MAX_LINE_BYTES} bytes; skipped unread")
+            continue
+        if not line.strip():
+            continue
+        why: str
+        if validate.too_deep(line):
+            why = f"record nested deeper than {validate.MAX_DEPTH} levels"
+        else:
+            try:
+                d = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                why = f"corrupt record ({_short(e)})"
+            else:
+                if isinstance(d, dict):
+                    yield lineno, d, complete
+                    continue
+                why = f"corrupt record (a JSON {type(d).__name__}, not an object)"
+        if not complete:
+            why = "truncated record (the writer was cut off)"
+        problems.append(f"{p}:{lineno}: {why}; skipped")
+
+
+_AFTER_SECOND_HEADER = validate.MAX_STEP + 1
+"""The last step seen, once a second header was met: every later step record is then reported, none merged
+into the first run."""
 
 
 def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
-    """Read one log file. A damaged record is skipped with a warning naming ``path:line``.
+    """Read one log file, checking every record against the schema before using it.
+
+    A damaged or invalid record (cut off, not JSON, longer than ``MAX_LINE_BYTES``, nested deeper than
+    ``MAX_DEPTH``, a value of the wrong type or range, rows of another size than the header says) is skipped
+    with a problem naming ``path:line`` and why (a ``GradscopeWarning`` too, when ``warn``); every other
+    record is read. Also problems, never merged silently: a second header, a step record whose step is not
+    after the previous one, a second close record, an unknown record kind (noted once per kind). ``problem``
+    records (the watch caught a failure of its own) become problem lines too. Memory stays within a small
+    multiple of the file's size: nothing is allocated from a size before the size is checked.
 
     Raises ``LogError`` (one line, with the path) when nothing usable is there: a missing or empty file, no
-    header, or a schema newer than this reader.
+    valid header, or a schema newer than this reader.
     """
     p = Path(path)
     if not p.is_file():
         raise LogError(f"{p}: no such log file")
-    header: Header | None = None
     log: RawLog | None = None
     problems: list[str] = []
     layer_rows: list[np.ndarray] = []
     param_rows: list[np.ndarray] = []
-    for lineno, text, complete in _lines(p):
-        if not text.strip():
-            continue
-        try:
-            d = json.loads(text)
-            if not isinstance(d, dict):
-                raise ValueError("not a JSON object")
-            kind = d.get("kind")
-            if header is None:
-                if kind != "header":
-                    raise LogError(f"{p}:{lineno}: the first record is {kind!r}, not a gradscope header")
-                schema = int(d.get("schema", -1))
-                if schema > SCHEMA_VERSION:
-                    raise LogError(f"{p}: log schema {schema} is newer than this gradscope understands "
-                                   f"({SCHEMA_VERSION}); upgrade gradscope")
-                header = Header.from_dict(d)
-                log = RawLog(path=p, header=header)
-                continue
-            assert log is not None
-            if kind == "step":
-                h = log.header
-                la = _unpack(d.get("layers", ()), len(h.layers), len(h.layer_fields))
-                pa = _unpack(d.get("params", ()), len(h.params), len(h.param_fields))
-                inp = d.get("input")
-                meta = StepMeta(step=int(d["step"]), time=float(d.get("time", 0.0)), grad_norm=d.get("grad_norm"),
-                                grad_norm_steps=tuple((int(st), v) for st, v in d.get("grad_norm_steps", ())),
-                                lr=tuple(d.get("lr", ())), input=None if inp is None else InputStats.from_dict(inp),
-                                skipped=bool(d.get("skipped", False)), clip_norm=d.get("clip_norm"))
-                layer_rows.append(la)
-                param_rows.append(pa)
-                log.step_meta.append(meta)
-            elif kind == "metrics":
-                log.metrics.append(MetricsRecord.from_dict(d))
-            elif kind == "activations":
-                log.activations.update({str(k): str(v) for k, v in d.get("acts", {}).items()})
-            elif kind == "nonfinite":
-                log.nonfinite.append(NonFiniteRecord.from_dict(d))
-            elif kind == "grad_norms":
-                log.grad_norms.extend((int(st), v) for st, v in d.get("steps", ()))
-            elif kind == "close":
-                log.close = CloseRecord.from_dict(d)
-            # Unknown kinds are from a newer writer of the same schema: skip them quietly.
-        except LogError:
-            raise
-        except (ValueError, KeyError, TypeError, binascii.Error) as e:
-            why = "truncated record (the writer was cut off)" if not complete else f"corrupt record ({_short(e)})"
-            problems.append(f"{p}:{lineno}: {why}; skipped")
-    if header is None or log is None:
+    unknown: set[str] = set()
+    last_step = -1
+    cols: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    try:
+        for lineno, d, complete in _records(p, problems):
+            where = f"{p}:{lineno}"
+            try:
+                kind = d.get("kind")
+                if not isinstance(kind, str):
+                    raise validate.BadRecord(f"'kind' is {validate.kind_of(kind)}, not a string")
+                if log is None:
+                    if kind != "header":
+                        raise LogError(f"{where}: the first record is {validate.text(kind, 'kind')[:40]!r}, "
+                                       "not a gradscope header")
+                    schema = d.get("schema")
+                    if isinstance(schema, int) and schema > SCHEMA_VERSION:
+                        raise LogError(f"{p}: log schema {validate.short_num(schema)} is newer than this "
+                                       f"gradscope understands ({SCHEMA_VERSION}); upgrade gradscope")
+                    try:
+                        header = validate.header(d)
+                    except validate.BadRecord as e:
+                        raise LogError(f"{where}: invalid gradscope header ({_short(e)})") from None
+                    log = RawLog(path=p, header=header)
+                    cols = (header.layer_fields, header.param_fields)
+                elif kind == "step":
+                    s = validate.step(d.get("step"))
+                    if s <= last_step:
+                        problems.append(f"{where}: step {s} does not follow step "
+                                        f"{last_step if last_step <= validate.MAX_STEP else 'of the first run'} "
+                                        "(a duplicate or backward step); skipped")
+                        continue
+                    meta, la, pa = _step(d, s, log.header, cols)
+                    layer_rows.append(la)
+                    param_rows.append(pa)
+                    log.step_meta.append(meta)
+                    last_step = s
+                elif kind == "metrics":
+                    log.metrics.append(validate.metrics(d))
+                elif kind == "activations":
+                    log.activations.update(validate.activations(d))
+                elif kind == "nonfinite":
+                    log.nonfinite.append(validate.nonfinite(d))
+                elif kind == "grad_norms":
+                    log.grad_norms.extend(validate.step_norms(d.get("steps", []), "steps"))
+                elif kind == "close":
+                    if log.close is not None:
+                        problems.append(f"{where}: a second close record; skipped")
+                        continue
+                    log.close = validate.close(d)
+                elif kind == "problem":
+                    problems.append(f"{where}: {validate.problem(d)}")
+                elif kind == "header":
+                    problems.append(f"{where}: a second header (two runs written into one file?); the steps "
+                                    "after it are not merged into the first run's")
+                    last_step = _AFTER_SECOND_HEADER
+                elif kind not in unknown:
+                    unknown.add(kind)
+                    problems.append(f"{where}: unknown record kind {validate.text(kind, 'kind')[:40]!r} (from a "
+                                    "newer gradscope?); records of this kind skipped")
+            except validate.BadRecord as e:
+                why = "truncated record (the writer was cut off)" if not complete else f"invalid record ({_short(e)})"
+                problems.append(f"{where}: {why}; skipped")
+    except OSError as e:
+        raise LogError(f"{p}: cannot read ({e.strerror or e})") from None
+    if log is None:
         raise LogError(f"{p}: empty log, no gradscope header" if not problems else problems[0])
     log.problems = problems
     h = log.header
@@ -348,6 +401,22 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
         for msg in problems:
             warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
     return log
+
+
+def _step(d: dict[str, Any], s: int, h: Header,
+          cols: tuple[tuple[str, ...], tuple[str, ...]]) -> tuple[StepMeta, np.ndarray, np.ndarray]:
+    """A step record, checked: its rows against the header's layer and parameter counts and columns."""
+    la = validate.rows(d.get("layers", []), len(h.layers), cols[0], "layers")
+    pa = validate.rows(d.get("params", []), len(h.params), cols[1], "params")
+    inp = d.get("input")
+    meta = StepMeta(step=s, time=validate.finite(d.get("time", 0.0), "time"),
+                    grad_norm=validate.nonneg(d.get("grad_norm"), "grad_norm"),
+                    grad_norm_steps=validate.step_norms(d.get("grad_norm_steps", []), "grad_norm_steps"),
+                    lr=validate.learning_rates(d.get("lr", [])),
+                    input=None if inp is None else validate.input_stats(inp),
+                    skipped=validate.boolean(d.get("skipped", False), "skipped"),
+                    clip_norm=validate.nonneg(d.get("clip_norm"), "clip_norm"))
+    return meta, la, pa
 
 
 def _short(e: Exception) -> str:

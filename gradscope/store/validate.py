@@ -1,0 +1,373 @@
+"""Checks every record of a log against the schema before anything is built from it. No torch.
+
+Why: a log is input from outside (sent by a colleague, copied from a cluster, cut off by a crash), and the
+reader used to trust it: sizes in a record were used before they were checked (a 0.46 MB crafted log made the
+reader allocate 1.2 GB), a step of ``1e999`` raised ``OverflowError`` deep in the rules, and a lone surrogate
+in a layer name raised ``UnicodeEncodeError`` when the report was printed. Here every value is checked for
+its type, range and size (against the header) and turned into a plain, well-formed Python value, or the
+record is refused with a ``BadRecord`` saying why, which the reader turns into a ``file:line`` problem.
+
+The bounds are named constants below; docs/log-format.md ("Reading untrusted logs") lists them.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gradscope.store.schema import (
+    LAYER_FIELDS,
+    PARAM_FIELDS,
+    CloseRecord,
+    Header,
+    InputStats,
+    LayerInfo,
+    MetricsRecord,
+    NonFiniteRecord,
+    ParamInfo,
+)
+
+MAX_LINE_BYTES = 8 * 2**20
+"""Longest record line read (8 MiB); a longer line is skipped unread. The largest real records are a few
+hundred KB: a header of a model with thousands of parameter tensors, or a step record of 5,000 layers (about
+70 bytes a layer, packed)."""
+
+MAX_DEPTH = 32
+"""Deepest JSON nesting of a record. Real records nest at most 6 levels (the header's optimizer groups);
+deeper is damage or an attack on the parser's recursion."""
+
+MAX_FIELDS = 64
+"""Most column names in the header's ``layer_fields`` / ``param_fields``: 13 and 4 today; a row of a step
+record is allocated with this width, so it must be bounded before any step is read."""
+
+MAX_STEP = 2**53
+"""Largest step index accepted: every integer up to it is exact as a float64, the type the rules compute in
+(and a run of 2**53 steps would take 285 years at a million steps a second)."""
+
+MAX_COUNT = 2**62
+"""Largest count accepted (elements, ``numel``, fan-in, world size): fits an int64 with room to add."""
+
+MAX_ABS_VALUE = float(np.finfo(np.float32).max)
+"""Largest magnitude of a statistic. The writer measures in float32, where anything larger is Inf; a larger
+value (``1e308``) can only come from damage, and squaring it would overflow the rules' float64 arithmetic.
+Such a value is read as missing (None/NaN), like the non-finite values the writer stores as ``null``."""
+
+MAX_SHAPE_DIMS = 64
+"""Most dimensions of a parameter's shape (torch allows 64)."""
+
+ROW_RANGES: dict[str, tuple[float, float]] = {
+    "count": (0.0, MAX_COUNT), "var": (0.0, math.inf), "absmax": (0.0, math.inf), "zero_frac": (0.0, 1.0),
+    "nonfinite": (0.0, MAX_COUNT), "units": (0.0, MAX_COUNT), "inactive": (0.0, MAX_COUNT),
+    "dead": (0.0, MAX_COUNT), "saturated": (0.0, MAX_COUNT), "dmean": (0.0, 1.0 + 1e-3),
+    "grad_norm": (0.0, math.inf), "calls": (0.0, MAX_COUNT), "norm": (0.0, math.inf),
+    "update_ratio": (0.0, math.inf), "grad_nonfinite": (0.0, 1.0),
+}
+"""Valid range of each statistic of a step row (Inf allowed where the writer can measure one); a value
+outside it is read as missing (NaN). Fields not listed (``mean``) only have to be numbers."""
+
+
+class BadRecord(ValueError):
+    """A record that does not match the schema; the message says which field and why (one line)."""
+
+
+# --- scalars ---------------------------------------------------------------------------------------------
+
+def text(v: Any, what: str) -> str:
+    """A string, with lone surrogates (``"\\ud800"`` in the JSON) replaced by U+FFFD: kept as data, never a
+    ``UnicodeEncodeError`` when it is printed or written later."""
+    if not isinstance(v, str):
+        raise BadRecord(f"{what}: expected a string, got {kind_of(v)}")
+    if v.isascii():
+        return v
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return v.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return v
+
+
+def opt_text(v: Any, what: str) -> str | None:
+    return None if v is None else text(v, what)
+
+
+def integer(v: Any, what: str, lo: int = 0, hi: int = MAX_COUNT) -> int:
+    """An int in ``[lo, hi]`` (a bool is not an int here, nor is ``3.0``)."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BadRecord(f"{what}: expected an integer, got {kind_of(v)}")
+    if not lo <= v <= hi:
+        raise BadRecord(f"{what}: {short_num(v)} is outside {lo}..{short_num(hi)}")
+    return v
+
+
+def opt_integer(v: Any, what: str, lo: int = 0, hi: int = MAX_COUNT) -> int | None:
+    return None if v is None else integer(v, what, lo, hi)
+
+
+def step(v: Any, what: str = "step") -> int:
+    return integer(v, what, 0, MAX_STEP)
+
+
+def number(v: Any, what: str) -> float | None:
+    """A float, or None for null and for values no float32 measurement can hold (non-finite, ``1e308``)."""
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise BadRecord(f"{what}: expected a number, got {kind_of(v)}")
+    x = float(v) if not isinstance(v, int) or abs(v) <= MAX_COUNT else math.inf
+    return x if math.isfinite(x) and abs(x) <= MAX_ABS_VALUE else None
+
+
+def finite(v: Any, what: str, default: float | None = None) -> float:
+    """A number that must be there and be finite (times, settings)."""
+    if v is None and default is not None:
+        return default
+    x = number(v, what)
+    if x is None:
+        raise BadRecord(f"{what}: expected a finite number, got {kind_of(v)}")
+    return x
+
+
+def nonneg(v: Any, what: str) -> float | None:
+    """A norm or standard deviation: a number ≥ 0 or None (a negative one is read as missing)."""
+    x = number(v, what)
+    return x if x is None or x >= 0.0 else None
+
+
+def boolean(v: Any, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise BadRecord(f"{what}: expected true or false, got {kind_of(v)}")
+    return v
+
+
+def obj(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise BadRecord(f"{what}: expected an object, got {kind_of(v)}")
+    return v
+
+
+def seq(v: Any, what: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise BadRecord(f"{what}: expected a list, got {kind_of(v)}")
+    return v
+
+
+def free(v: Any) -> Any:
+    """Free-form metadata (``extra``, ``optimizer``): any JSON, with its strings (and keys) made well-formed
+    and its numbers bounded like statistics. Its depth is bounded by ``MAX_DEPTH`` before parsing."""
+    if isinstance(v, str):
+        return text(v, "")
+    if isinstance(v, dict):
+        return {text(k, ""): free(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [free(x) for x in v]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v if isinstance(v, int) and abs(v) <= MAX_COUNT else number(v, "")
+    return v   # None, bool
+
+
+# --- records -----------------------------------------------------------------------------------------------
+
+def header(d: Mapping[str, Any]) -> Header:
+    """The header, every field checked; raises ``BadRecord``."""
+    layer_fields = _fields(d.get("layer_fields", list(LAYER_FIELDS)), "layer_fields")
+    param_fields = _fields(d.get("param_fields", list(PARAM_FIELDS)), "param_fields")
+    layers = tuple(_layer(x, i) for i, x in enumerate(seq(d.get("layers", []), "layers")))
+    params = tuple(_param(x, i) for i, x in enumerate(seq(d.get("params", []), "params")))
+    opt = d.get("optimizer")
+    extra = d.get("extra")
+    world = integer(d.get("world_size", 1), "world_size", 1, MAX_COUNT)
+    return Header(
+        schema=integer(d.get("schema"), "schema", 0, MAX_COUNT),
+        gradscope=text(d.get("gradscope", "?"), "gradscope"), torch=opt_text(d.get("torch"), "torch"),
+        created=text(d.get("created", ""), "created"), rank=integer(d.get("rank", 0), "rank", 0, world - 1),
+        world_size=world, every=integer(d.get("every", 1), "every", 1, MAX_STEP),
+        warmup=integer(d.get("warmup", 0), "warmup", 0, MAX_STEP),
+        dead_window=integer(d.get("dead_window", 1), "dead_window", 1, MAX_STEP),
+        saturation_derivative=_in(finite(d.get("saturation_derivative", 0.1), "saturation_derivative"),
+                                  0.0, 1.0, "saturation_derivative"),
+        step_unit=text(d.get("step_unit", "forward"), "step_unit"), model=text(d.get("model", "?"), "model"),
+        layers=layers, params=params,
+        optimizer=None if opt is None else free(obj(opt, "optimizer")),
+        layer_fields=layer_fields, param_fields=param_fields,
+        extra={} if extra is None else free(obj(extra, "extra")),
+    )
+
+
+def _fields(v: Any, what: str) -> tuple[str, ...]:
+    names = seq(v, what)
+    if len(names) > MAX_FIELDS:
+        raise BadRecord(f"{what}: {len(names)} columns, at most {MAX_FIELDS} are read")
+    out = tuple(text(x, what) for x in names)
+    if len(set(out)) != len(out):
+        raise BadRecord(f"{what}: a column is named twice")
+    return out
+
+
+def _layer(v: Any, i: int) -> LayerInfo:
+    d = obj(v, f"layers[{i}]")
+    w = f"layers[{i}]"
+    return LayerInfo(name=text(d.get("name"), f"{w}.name"), type=text(d.get("type", "?"), f"{w}.type"),
+                     fan_in=opt_integer(d.get("fan_in"), f"{w}.fan_in"),
+                     fan_out=opt_integer(d.get("fan_out"), f"{w}.fan_out"),
+                     unit_dim=opt_integer(d.get("unit_dim"), f"{w}.unit_dim", -MAX_SHAPE_DIMS, MAX_SHAPE_DIMS),
+                     act=opt_text(d.get("act"), f"{w}.act"),
+                     params=tuple(text(p, f"{w}.params") for p in seq(d.get("params", []), f"{w}.params")),
+                     weight=opt_text(d.get("weight"), f"{w}.weight"))
+
+
+def _param(v: Any, i: int) -> ParamInfo:
+    d = obj(v, f"params[{i}]")
+    w = f"params[{i}]"
+    shape = seq(d.get("shape", []), f"{w}.shape")
+    if len(shape) > MAX_SHAPE_DIMS:
+        raise BadRecord(f"{w}.shape: {len(shape)} dimensions")
+    return ParamInfo(name=text(d.get("name"), f"{w}.name"), layer=opt_text(d.get("layer"), f"{w}.layer"),
+                     shape=tuple(integer(s, f"{w}.shape") for s in shape),
+                     numel=integer(d.get("numel", 0), f"{w}.numel"),
+                     init_mean=number(d.get("init_mean"), f"{w}.init_mean"),
+                     init_std=nonneg(d.get("init_std"), f"{w}.init_std"))
+
+
+def input_stats(v: Any) -> InputStats:
+    d = obj(v, "input")
+    return InputStats(mean=number(d.get("mean"), "input.mean"), std=nonneg(d.get("std"), "input.std"),
+                      min=number(d.get("min"), "input.min"), max=number(d.get("max"), "input.max"),
+                      count=integer(d.get("count", 0), "input.count"),
+                      feature_std_min=nonneg(d.get("feature_std_min"), "input.feature_std_min"),
+                      feature_std_max=nonneg(d.get("feature_std_max"), "input.feature_std_max"),
+                      feature_mean_absmax=nonneg(d.get("feature_mean_absmax"), "input.feature_mean_absmax"))
+
+
+def step_norms(v: Any, what: str) -> tuple[tuple[int, float | None], ...]:
+    """``[[step, total grad norm | null], ...]``."""
+    out = []
+    for i, pair in enumerate(seq(v, what)):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise BadRecord(f"{what}[{i}]: expected [step, norm]")
+        out.append((step(pair[0], f"{what}[{i}] step"), nonneg(pair[1], f"{what}[{i}] norm")))
+    return tuple(out)
+
+
+def learning_rates(v: Any) -> tuple[float, ...]:
+    out = []
+    for i, x in enumerate(seq(v, "lr")):
+        out.append(finite(x, f"lr[{i}]"))
+    return tuple(out)
+
+
+def metrics(d: Mapping[str, Any]) -> MetricsRecord:
+    values = {text(k, "values"): number(v, f"values.{k}") for k, v in obj(d.get("values", {}), "values").items()}
+    return MetricsRecord(step=step(d.get("step")), values=values)
+
+
+def nonfinite(d: Mapping[str, Any]) -> NonFiniteRecord:
+    return NonFiniteRecord(step=step(d.get("step")), where=text(d.get("where", "?"), "where"),
+                           layer=opt_text(d.get("layer"), "layer"), param=opt_text(d.get("param"), "param"))
+
+
+def close(d: Mapping[str, Any]) -> CloseRecord:
+    extra = d.get("extra")
+    return CloseRecord(step=step(d.get("step", 0)), time=finite(d.get("time", 0.0), "time"),
+                       extra={} if extra is None else free(obj(extra, "extra")))
+
+
+def activations(d: Mapping[str, Any]) -> dict[str, str]:
+    return {text(k, "acts"): text(v, f"acts.{k}") for k, v in obj(d.get("acts", {}), "acts").items()}
+
+
+def problem(d: Mapping[str, Any]) -> str:
+    """A ``problem`` record (the watch caught a failure of its own) as one readable line."""
+    at = d.get("step")
+    where = opt_text(d.get("where"), "where")
+    msg = text(d.get("message", d.get("error", "")), "message")
+    place = "".join([f" at step {step(at)}" if at is not None else "", f" in {where}" if where else ""])
+    return f"the watch recorded a problem of its own{place}: {' '.join(msg.split())[:500] or '(no message)'}"
+
+
+def _in(x: float, lo: float, hi: float, what: str) -> float:
+    if not lo <= x <= hi:
+        raise BadRecord(f"{what}: {x:g} is outside {lo:g}..{hi:g}")
+    return x
+
+
+# --- rows --------------------------------------------------------------------------------------------------
+
+def rows(packed: Any, n_rows: int, fields: tuple[str, ...], what: str) -> np.ndarray:
+    """(n_rows, len(fields)) float32 from a packed base64 string or nested lists; sizes are checked against
+    the header before anything is decoded or allocated; out-of-range values (``ROW_RANGES``) become NaN."""
+    width = len(fields)
+    if isinstance(packed, str):
+        n_bytes = n_rows * width * 4
+        if len(packed) != 4 * ((n_bytes + 2) // 3):
+            raise BadRecord(f"{what}: packed rows of {len(packed)} characters, the header's "
+                            f"{n_rows}×{width} numbers need {4 * ((n_bytes + 2) // 3)}")
+        try:
+            raw = binascii.a2b_base64(packed, strict_mode=True)
+        except binascii.Error as e:
+            raise BadRecord(f"{what}: packed rows are not base64 ({e})") from None
+        if len(raw) != n_bytes:
+            raise BadRecord(f"{what}: packed rows hold {len(raw)} bytes, expected {n_bytes}")
+        a = np.frombuffer(raw, dtype="<f4").reshape(n_rows, width).astype(np.float32)
+    else:
+        lst = seq(packed, what)
+        if len(lst) != n_rows:
+            raise BadRecord(f"{what}: {len(lst)} rows, the header lists {n_rows}")
+        a64 = np.full((n_rows, width), np.nan)
+        for i, r in enumerate(lst):
+            if r is None:
+                continue
+            if not isinstance(r, list) or len(r) > width:
+                raise BadRecord(f"{what}[{i}]: expected a list of at most {width} numbers")
+            for j, v in enumerate(r):
+                x = number(v, f"{what}[{i}][{j}]")
+                if x is not None:
+                    a64[i, j] = x
+        a = a64.astype(np.float32)
+    for j, f in enumerate(fields):
+        lo_hi = ROW_RANGES.get(f)
+        if lo_hi is not None and a.size:
+            col = a[:, j]
+            with np.errstate(invalid="ignore"):
+                bad = (col < lo_hi[0]) | (col > lo_hi[1])
+            col[bad] = np.nan
+    return a
+
+
+# --- lines -------------------------------------------------------------------------------------------------
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+def too_deep(line: str) -> bool:
+    """Whether the JSON in ``line`` nests deeper than ``MAX_DEPTH``, found by scanning brackets (outside
+    strings) without parsing: the parser recurses once per level, so this must be known before it runs."""
+    if line.count("[") + line.count("{") <= MAX_DEPTH:
+        return False
+    if '"' in line:
+        line = _STRING.sub('""', line)
+    b = np.frombuffer(line.encode("utf-8", "replace"), dtype=np.uint8)
+    return bool(np.cumsum(_OPEN[b], dtype=np.int64).max(initial=0) > MAX_DEPTH)
+
+
+def kind_of(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return short_num(v)
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def short_num(v: float) -> str:
+    if isinstance(v, int) and abs(v) >= 10**15:
+        return f"a {len(str(abs(v)))}-digit integer"
+    return repr(v)[:30]
