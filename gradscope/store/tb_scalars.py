@@ -40,6 +40,7 @@ import os
 import re
 import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,32 +78,80 @@ _WORD_SPLIT = re.compile(r"[/_\-.\s]+")
 
 # --- TFRecord framing -------------------------------------------------------------------------------------
 
-def _records(path: Path, problems: list[str]) -> list[bytes]:
-    """The intact records of one TFRecord file; the first damage ends it and is noted in ``problems``.
+MAX_EVENT_RECORD_BYTES = 2**20
+"""Largest event record parsed (1 MiB). A scalar event is about 50 bytes; a larger record is an image, a
+histogram, an audio clip or a mesh (or a damaged length), and is skipped by seeking past it, never read."""
 
-    The crc32c checksums are not verified: in pure Python that is most of the read time of a long run
-    (about 2 µs a record), and damage still shows as a length running past the end of the file or as a
-    payload protobuf cannot parse, which the caller reports.
+MAX_EVENT_FILE_BYTES = 2**30
+"""Most bytes of records read from one event file (1 GiB, about 20 million scalar events; skipped large
+records do not count). Past it reading stops with a problem line: a report must not take hours, and
+records are read one at a time, so memory never holds the file."""
+
+_CRC32C_TABLE = []
+for _n in range(256):
+    _c = _n
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    _CRC32C_TABLE.append(_c)
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC-32C. Only used on the 8-byte length field: a flipped length would otherwise
+    send the reader seeking to a wrong place (or past a 4 GB end) and parse garbage from there."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = _CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+_HEAD = struct.Struct("<QI")
+
+
+def _records(path: Path, problems: list[str]) -> Iterator[bytes]:
+    """The intact records of one TFRecord file, read one at a time; the first damage ends it and is noted in
+    ``problems``, as is stopping at ``MAX_EVENT_FILE_BYTES``; records over ``MAX_EVENT_RECORD_BYTES`` are
+    skipped unread.
+
+    The length field's checksum is verified (8 bytes, cheap); the payload's is not: in pure Python that is
+    most of the read time of a long run (about 2 µs a record), and damage there still shows as a payload
+    protobuf cannot parse, which the caller reports.
     """
-    out: list[bytes] = []
     with open(path, "rb") as f:
-        data = f.read()
-    unpack = struct.Struct("<Q").unpack_from
-    pos, n = 0, len(data)
-    while pos < n:
-        if n - pos < 12:
-            problems.append(f"{path}: truncated event record #{len(out) + 1} (the writer was cut off); "
-                            f"kept the {len(out)} records before it")
-            break
-        (length,) = unpack(data, pos)
-        end = pos + 12 + length + 4
-        if end > n:
-            problems.append(f"{path}: truncated or corrupt event record #{len(out) + 1}; "
-                            f"kept the {len(out)} records before it")
-            break
-        out.append(data[pos + 12:pos + 12 + length])
-        pos = end
-    return out
+        size = os.fstat(f.fileno()).st_size
+        n, pos, read = 0, 0, 0
+        while pos < size:
+            head = f.read(12)
+            if len(head) < 12:
+                problems.append(f"{path}: truncated event record #{n + 1} (the writer was cut off); "
+                                f"kept the {n} records before it")
+                return
+            length, length_crc = _HEAD.unpack(head)
+            if _masked_crc32c(head[:8]) != length_crc:
+                problems.append(f"{path}: corrupt event record #{n + 1} (its length fails its checksum); "
+                                f"kept the {n} records before it")
+                return
+            end = pos + 12 + length + 4
+            if end > size:
+                problems.append(f"{path}: truncated or corrupt event record #{n + 1}; "
+                                f"kept the {n} records before it")
+                return
+            if length > MAX_EVENT_RECORD_BYTES:
+                f.seek(end)
+            else:
+                if read + length > MAX_EVENT_FILE_BYTES:
+                    problems.append(f"{path}: more than {MAX_EVENT_FILE_BYTES} bytes of events; read the first "
+                                    f"{n} records only")
+                    return
+                data = f.read(length)
+                f.seek(4, os.SEEK_CUR)
+                if len(data) < length:   # the file shrank while we read it
+                    problems.append(f"{path}: truncated event record #{n + 1}; kept the {n} records before it")
+                    return
+                read += length
+                yield data
+            n += 1
+            pos = end
 
 
 # --- scalars -----------------------------------------------------------------------------------------------
@@ -133,8 +182,7 @@ def read_scalars(run_dir: str | os.PathLike[str], *, warn: bool = True) -> dict[
     if not files:
         return {}
     # Imported here: only runs with event files pay for protobuf (and `import gradscope.store.run` stays light).
-    from google.protobuf.message import DecodeError
-    from tensorboard.compat.proto import event_pb2, types_pb2
+    from tensorboard.compat.proto import types_pb2
 
     float_types = {types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16}
     int_types = {types_pb2.DT_INT32, types_pb2.DT_INT64, types_pb2.DT_INT16, types_pb2.DT_INT8,
@@ -144,11 +192,27 @@ def read_scalars(run_dir: str | os.PathLike[str], *, warn: bool = True) -> dict[
     problems: list[str] = []
     for path in files:
         try:
-            records = _records(path, problems)
+            _read_file(path, problems, points, plugin_of, float_types, int_types)
         except OSError as e:
             problems.append(f"{path}: cannot read ({e.strerror or e})")
-            continue
-        for i, rec in enumerate(records, start=1):
+    if warn:
+        for msg in problems:
+            warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
+    out: dict[str, Series] = {}
+    for tag, by_step in sorted(points.items()):
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        values = np.array([by_step[int(s)] for s in steps], dtype=float)
+        out[tag] = Series(steps, values, f"tensorboard:{tag}")
+    return out
+
+
+def _read_file(path: Path, problems: list[str], points: dict[str, dict[int, float]], plugin_of: dict[str, str],
+               float_types: set[int], int_types: set[int]) -> None:
+    """The scalars of one event file into ``points`` (tag → step → value)."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto import event_pb2
+
+    for i, rec in enumerate(_records(path, problems), start=1):
             if _gradscope_only(rec):
                 continue
             try:
@@ -178,15 +242,6 @@ def read_scalars(run_dir: str | os.PathLike[str], *, warn: bool = True) -> dict[
                 else:
                     continue
                 points.setdefault(tag, {})[int(event.step)] = x
-    if warn:
-        for msg in problems:
-            warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
-    out: dict[str, Series] = {}
-    for tag, by_step in sorted(points.items()):
-        steps = np.array(sorted(by_step), dtype=np.int64)
-        values = np.array([by_step[int(s)] for s in steps], dtype=float)
-        out[tag] = Series(steps, values, f"tensorboard:{tag}")
-    return out
 
 
 _GRADSCOPE_PREFIX_BYTES = tuple(p.encode() for p in GRADSCOPE_TAG_PREFIXES)
@@ -226,8 +281,8 @@ def _tensor_scalar(t: Any, float_types: set[int], int_types: set[int]) -> float 
         np_type = {1: np.float32, 2: np.float64, 19: np.float16}.get(t.dtype)
         if t.half_val and np_type is np.float16:
             return float(np.array([t.half_val[0]], dtype=np.uint16).view(np.float16)[0])
-        if t.tensor_content and np_type is not None:
-            return float(np.frombuffer(t.tensor_content, dtype=np_type)[0])
+        if np_type is not None and len(t.tensor_content) >= np.dtype(np_type).itemsize:
+            return float(np.frombuffer(t.tensor_content, dtype=np_type, count=1)[0])
         return None
     if t.dtype in int_types:
         for vals in (t.int_val, t.int64_val):
