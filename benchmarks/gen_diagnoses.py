@@ -3,9 +3,9 @@
     python benchmarks/gen_diagnoses.py            # rewrite docs/diagnoses.md
     python benchmarks/gen_diagnoses.py --check    # exit 1 when docs/diagnoses.md is not what the code gives
 
-Sources: each rule's docstring in ``gradscope.judge.rules.RULES`` (symptom, detection, why it matters, fixes), the
-docstring, value and source of every ``Thresholds`` field (gradscope/judge/thresholds.py), and the zoo snapshot
-``benchmarks/zoo_snapshot.json`` written by ``python benchmarks/zoo_scores.py --snapshot ...`` (per case the
+Sources: each rule's docstring and needs in ``gradscope.judge.rules.RULES`` (symptom, detection, why it matters,
+fixes), the docstring, value and source of every ``Thresholds`` field (gradscope/judge/thresholds.py), and the zoo
+snapshot ``benchmarks/zoo_snapshot.json`` written by ``python benchmarks/zoo_scores.py --snapshot ...`` (per case the
 codes that fired; per code the fix kinds offered and an example finding's fixes). ``tests/test_docs.py`` checks
 that regenerating gives the file's text; ``tests/test_zoo.py`` checks that the snapshot's verdicts are what the
 current rules give on the zoo.
@@ -134,6 +134,9 @@ def generate(snapshot: dict[str, Any]) -> str:
             used |= set(names)
             if names:
                 out += [*_thresholds_table(names, docs), ""]
+        if rule.needs:
+            out += ["**Needs** (otherwise the rule is reported as not evaluated, with the reason): "
+                    + "; ".join(_md(n.what) for n in rule.needs) + ".", ""]
         out += ["### Fixes", ""]
         if "Fixes" in sec:
             out += [sec["Fixes"][:1].upper() + sec["Fixes"][1:], ""]

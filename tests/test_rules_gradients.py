@@ -241,7 +241,7 @@ def test_finite_runaway_loss_is_divergence_warning() -> None:
 
 
 def test_divergence_not_evaluated_without_anything() -> None:
-    r = RULES[Code.DIVERGENCE].func(metrics_only_run({}), TH, Context())
+    r = RULES[Code.DIVERGENCE](metrics_only_run({}), TH, Context())
     assert isinstance(r, NotEvaluated)
 
 

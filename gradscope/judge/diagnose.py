@@ -8,10 +8,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from gradscope.errors import GradscopeError
-from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
-from gradscope.judge.fixes import fixes_for
+from gradscope.judge.findings import Code, Finding, Fix, NotEvaluated, Severity
 from gradscope.judge.rules import RULES
-from gradscope.judge.rules._common import Context
+from gradscope.judge.rules._common import Context, Rule
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -61,9 +60,6 @@ def _notes(run: Run) -> tuple[str, ...]:
     if run.skipped.size and run.skipped.any():
         notes.append(f"the optimizer skipped {int(run.skipped.sum())} recorded step(s) (AMP GradScaler overflow); "
                      f"they are left out of the gradient rules")
-    extra = run.header.extra if run.header is not None else {}
-    if extra.get("clipping") or extra.get("clip_grad_norm"):
-        notes.append("gradient clipping is active; recorded gradient norms are before clipping")
     if run.header is not None and not run.completed:
         notes.append("the log has no close record: the run crashed or is still running")
     notes += [f"log problem: {p}" for p in run.problems]
@@ -73,6 +69,10 @@ def _notes(run: Run) -> tuple[str, ...]:
 def _sort_key(f: Finding) -> tuple[int, float, str]:
     first = f.steps[0] if f.steps is not None else np.inf
     return (-f.severity.rank, float(first), f.code.value)
+
+
+def _fixes(rule: Rule, f: Finding, run: Run, th: Thresholds) -> tuple[Fix, ...]:
+    return tuple(fx for fx in rule.fixes(f, run, th) if fx is not None)
 
 
 def diagnose(run: Run, thresholds: Thresholds | None = None, *, ignore: Iterable[str] = (),
@@ -93,12 +93,12 @@ def diagnose(run: Run, thresholds: Thresholds | None = None, *, ignore: Iterable
     for code, rule in RULES.items():
         if code in ignored:
             continue
-        result = rule.func(run, th, ctx)
+        result = rule(run, th, ctx)      # checks the rule's needs first
         if isinstance(result, NotEvaluated):
             not_evaluated.append(result)
             continue
         for f in result:
-            ctx.findings.append(replace(f, fixes=fixes_for(f, run, th)))
+            ctx.findings.append(replace(f, fixes=_fixes(rule, f, run, th)))
     findings = tuple(sorted(ctx.findings, key=_sort_key))
     return Diagnosis(run=run, findings=findings, not_evaluated=tuple(not_evaluated),
                      baseline_error=ctx.baseline_error, notes=_notes(run), thresholds=th, ignored=ignored)

@@ -71,6 +71,10 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     confidence: float = 1.0            # 0..1
     fixes: tuple[Fix, ...] = ()
+    detail: Any = field(default=None, compare=False, repr=False)
+    """Typed values the rule hands to its fixes (a small frozen dataclass of the rule's own, e.g. the first
+    bad step); ``evidence`` is the JSON view for people and tools and is not read back. Not serialized; fixes
+    must work when it is None (a finding built by hand)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -295,6 +295,35 @@ class Thresholds:
     """Percentile of the healthy early total gradient norms used as the suggested ``clip_grad_norm_``
     ``max_norm``: clips the outliers and leaves normal steps alone."""
 
+    fix_lr_backoff: float = 0.1
+    """Factor a fix multiplies the learning rate by against instability (divergence, exploding gradients, dead
+    units, spikes): one decade, because learning rates are searched on a log scale (Bengio, "Practical
+    recommendations for gradient-based training of deep architectures", 2012)."""
+
+    fix_weight_decay_sgd: float = 5e-4
+    """Weight decay an overfitting fix suggests for SGD-like optimizers when none is set: the value of the
+    standard ResNet/CIFAR recipe (He et al., "Deep residual learning for image recognition", CVPR 2016)."""
+
+    fix_weight_decay_adamw: float = 1e-2
+    """Weight decay an overfitting fix suggests for Adam-like optimizers when none is set: PyTorch's
+    ``torch.optim.AdamW`` default (decoupled weight decay, Loshchilov & Hutter, ICLR 2019)."""
+
+    fix_weight_decay_step_up: float = 10.0
+    """When weight decay is already set, the overfitting fix raises it by this factor (one decade, searched on
+    a log scale like the learning rate)."""
+
+    fix_dropout_p: float = 0.3
+    """Dropout probability an overfitting fix suggests after hidden layers: inside the usual 0.2–0.5 range
+    (Srivastava et al., "Dropout", JMLR 2014, used 0.5 for hidden units and less near the input)."""
+
+    fix_width_factor: int = 2
+    """Width multiplier a capacity fix suggests for a layer: doubled when the model underfits, halved when it
+    overfits (one step on a log scale of widths)."""
+
+    fix_max_layers: int = 4
+    """A fix's snippet names at most this many layers and its summary says how many more: a longer list is
+    unreadable, and the first layers named are the worst (rules list them first)."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))

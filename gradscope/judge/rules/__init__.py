@@ -1,62 +1,57 @@
-"""The rules: one function per finding code, grouped by family, registered in ``RULES``.
+"""The rules: one registry entry per finding code, each family's rules and fixes in ``rules/<family>.py``.
 
-Every rule has the signature ``rule(run, thresholds, context) -> list[Finding] | NotEvaluated``, takes only
-plain numbers (no torch), uses no number that is not a ``Thresholds`` field, and documents itself in its
-docstring (symptom, detected when, why it matters, fixes) — ``RULES[code].doc`` is what docs/ are built from.
-Rules return findings without fixes; ``gradscope.judge.fixes`` adds them.
+A family module defines its rule functions ``rule(run, thresholds, context) -> list[Finding] | NotEvaluated``,
+their fixes ``fixes(finding, run, thresholds) -> list[Fix | None]``, and a ``RULES`` tuple of ``Rule`` entries
+that ties each code to both and to what it ``needs`` from the run. Rules take only plain numbers (no torch),
+use no number that is not a ``Thresholds`` field, and document themselves in their docstring (symptom, detected
+when, why it matters, fixes) — ``RULES[code].doc`` is what docs/ are built from.
+
+The names exported here (``dead_relu``, ...) are the registry entries: calling one checks the rule's needs
+first ("not evaluated" when one is missing), then runs it.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-
 from gradscope.judge.findings import Code
-from gradscope.judge.rules._common import Context, RuleFunc, RuleResult
-from gradscope.judge.rules.activations import dead_relu, saturation
-from gradscope.judge.rules.data import unnormalized_input
-from gradscope.judge.rules.fitting import BiasVariance, Verdict, bias_variance, overfitting, underfitting
-from gradscope.judge.rules.gradients import exploding_gradients, vanishing_gradients
-from gradscope.judge.rules.init import poor_init
-from gradscope.judge.rules.loss import divergence, unstable_loss
-from gradscope.judge.rules.optim import learning_rate
+from gradscope.judge.rules import activations, data, fitting, gradients, init, loss, optim
+from gradscope.judge.rules._common import Context, FixFunc, Need, Rule, RuleFunc, RuleResult
+from gradscope.judge.rules.fitting import BiasVariance, Verdict, bias_variance
+
+# Order matters: learning_rate reads the vanishing findings (starved layers are not the learning rate's
+# doing), poor_init runs last because it reads what the gradient and activation rules found.
+_ORDER = (Code.DIVERGENCE, Code.EXPLODING_GRADIENTS, Code.VANISHING_GRADIENTS, Code.DEAD_RELU, Code.SATURATION,
+          Code.UNNORMALIZED_INPUT, Code.LEARNING_RATE, Code.UNSTABLE_LOSS, Code.OVERFITTING, Code.UNDERFITTING,
+          Code.POOR_INIT)
 
 
-@dataclass(frozen=True)
-class Rule:
-    code: Code
-    func: RuleFunc
-    family: str
-
-    @property
-    def name(self) -> str:
-        return self.code.value
-
-    @property
-    def doc(self) -> str:
-        return inspect.cleandoc(self.func.__doc__ or "")
-
-    @property
-    def summary(self) -> str:
-        return self.doc.splitlines()[0] if self.doc else ""
+def _registry() -> dict[Code, Rule]:
+    entries = [r for family in (activations, data, fitting, gradients, init, loss, optim) for r in family.RULES]
+    by_code: dict[Code, Rule] = {}
+    for r in entries:
+        if r.code in by_code:
+            raise RuntimeError(f"two rules registered for {r.code.value}")   # a programming error, at import
+        by_code[r.code] = r
+    if set(by_code) != set(Code) or set(_ORDER) != set(Code):
+        raise RuntimeError(f"rules and codes differ: {sorted(c.value for c in set(Code) ^ set(by_code))}")
+    return {c: by_code[c] for c in _ORDER}
 
 
-# Order matters: poor_init runs last because it reads what the gradient and activation rules found.
-RULES: dict[Code, Rule] = {r.code: r for r in (
-    Rule(Code.DIVERGENCE, divergence, "loss"),
-    Rule(Code.EXPLODING_GRADIENTS, exploding_gradients, "gradients"),
-    Rule(Code.VANISHING_GRADIENTS, vanishing_gradients, "gradients"),
-    Rule(Code.DEAD_RELU, dead_relu, "activations"),
-    Rule(Code.SATURATION, saturation, "activations"),
-    Rule(Code.UNNORMALIZED_INPUT, unnormalized_input, "data"),
-    Rule(Code.LEARNING_RATE, learning_rate, "optimizer"),
-    Rule(Code.UNSTABLE_LOSS, unstable_loss, "loss"),
-    Rule(Code.OVERFITTING, overfitting, "fitting"),
-    Rule(Code.UNDERFITTING, underfitting, "fitting"),
-    Rule(Code.POOR_INIT, poor_init, "init"),
-)}
-"""Finding code → rule (function, family, docstring). Every ``Code`` has exactly one rule."""
+RULES: dict[Code, Rule] = _registry()
+"""Finding code → rule (function, fixes, family, needs, docstring), in the order ``diagnose`` runs them.
+Every ``Code`` has exactly one rule."""
 
-__all__ = ["RULES", "BiasVariance", "Context", "Rule", "RuleFunc", "RuleResult", "Verdict", "bias_variance",
-           "dead_relu", "divergence", "exploding_gradients", "learning_rate", "overfitting", "poor_init",
-           "saturation", "underfitting", "unnormalized_input", "unstable_loss", "vanishing_gradients"]
+divergence = RULES[Code.DIVERGENCE]
+exploding_gradients = RULES[Code.EXPLODING_GRADIENTS]
+vanishing_gradients = RULES[Code.VANISHING_GRADIENTS]
+dead_relu = RULES[Code.DEAD_RELU]
+saturation = RULES[Code.SATURATION]
+unnormalized_input = RULES[Code.UNNORMALIZED_INPUT]
+learning_rate = RULES[Code.LEARNING_RATE]
+unstable_loss = RULES[Code.UNSTABLE_LOSS]
+overfitting = RULES[Code.OVERFITTING]
+underfitting = RULES[Code.UNDERFITTING]
+poor_init = RULES[Code.POOR_INIT]
+
+__all__ = ["RULES", "BiasVariance", "Context", "FixFunc", "Need", "Rule", "RuleFunc", "RuleResult", "Verdict",
+           "bias_variance", "dead_relu", "divergence", "exploding_gradients", "learning_rate", "overfitting",
+           "poor_init", "saturation", "underfitting", "unnormalized_input", "unstable_loss", "vanishing_gradients"]

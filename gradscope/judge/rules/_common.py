@@ -5,6 +5,7 @@ Nothing here decides a verdict; the numbers that do live in ``Thresholds``.
 
 from __future__ import annotations
 
+import inspect
 import keyword
 import math
 import warnings
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, NotEvaluated
+from gradscope.judge.findings import Code, Finding, Fix, NotEvaluated
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run, Series
 from gradscope.store.schema import LayerInfo
@@ -36,6 +37,89 @@ class Context:
 
 RuleResult = list[Finding] | NotEvaluated
 RuleFunc = Callable[[Run, Thresholds, Context], RuleResult]
+FixFunc = Callable[[Finding, Run, Thresholds], list[Fix | None]]
+"""A rule's fixes: the finding (with its typed ``detail``), the run and the thresholds → fixes, most direct
+first; ``None`` entries (a fix that does not apply to this model) are dropped."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """One thing a rule needs from the run before it can judge (cockpit instruments' ``requires``).
+
+    ``what`` says it for the docs ("a gradscope log"); ``missing(run, thresholds)`` returns why it is absent,
+    or None when it is there. The engine checks a rule's needs in order and reports the first missing one as
+    "not evaluated", so every rule says it the same way."""
+
+    what: str
+    missing: Callable[[Run, Thresholds], str | None]
+
+
+NO_LOG = "no gradscope log (only TensorBoard scalars): per-layer statistics unavailable"
+
+LOG = Need("a gradscope log (not only TensorBoard scalars)", lambda run, th: NO_LOG if run.header is None else None)
+
+
+def _few_steps(run: Run, th: Thresholds) -> str | None:
+    if run.steps.size < th.min_recorded_steps:
+        return f"only {run.steps.size} recorded step(s); needs {th.min_recorded_steps}"
+    return None
+
+
+STEPS = Need("at least ``min_recorded_steps`` recorded steps", _few_steps)
+
+
+def layer_stat(name: str) -> Need:
+    """The log has the per-layer statistic ``name`` (``run.layer_stats``)."""
+    def missing(run: Run, th: Thresholds) -> str | None:
+        return None if stat(run, "layer", name) is not None else f"the log has no per-layer '{name}' statistics"
+    return Need(f"per-layer ``{name}`` statistics", missing)
+
+
+def param_stat(name: str) -> Need:
+    """The log has the per-parameter statistic ``name`` (``run.param_stats``)."""
+    def missing(run: Run, th: Thresholds) -> str | None:
+        return None if stat(run, "param", name) is not None else f"the log has no per-parameter '{name}' statistics"
+    return Need(f"per-parameter ``{name}`` statistics", missing)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One registry entry per finding code: the rule, its fixes, its family and what it needs.
+
+    ``func`` returns findings without fixes (or ``NotEvaluated`` for a reason only it can see); the engine
+    adds ``fixes(finding, run, thresholds)`` to each. Both live in ``rules/<family>.py``."""
+
+    code: Code
+    func: RuleFunc
+    fixes: FixFunc
+    family: str
+    needs: tuple[Need, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.code.value
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.func.__doc__ or "")
+
+    @property
+    def summary(self) -> str:
+        return self.doc.splitlines()[0] if self.doc else ""
+
+    def missing(self, run: Run, th: Thresholds) -> str | None:
+        """Why this rule cannot run on ``run`` (its first missing need), or None."""
+        for need in self.needs:
+            reason = need.missing(run, th)
+            if reason:
+                return reason
+        return None
+
+    def __call__(self, run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+        """The rule with its needs checked first: "not evaluated" when one is missing, else ``func``'s result.
+        (``func`` itself assumes its needs are met.)"""
+        reason = self.missing(run, th)
+        return NotEvaluated(self.code, reason) if reason else self.func(run, th, ctx)
 
 
 def module_path(name: str, root: str = "model") -> str:
@@ -57,19 +141,6 @@ def label(name: str) -> str:
     """How a message names a layer: its own name ("fc2", "encoder.layers.0.linear1"), or its access path when the
     name is only an index ("0" → model[0]), which reads as a number otherwise ("0: gradient 1e-12× that of 24")."""
     return name if any(c.isalpha() for c in name) else module_path(name)
-
-
-def no_log(code: Code) -> NotEvaluated:
-    return NotEvaluated(code, "no gradscope log (only TensorBoard scalars): per-layer statistics unavailable")
-
-
-def need_steps(run: Run, th: Thresholds, code: Code) -> NotEvaluated | None:
-    """NotEvaluated when the run has no log or too few recorded steps for a statistics rule."""
-    if run.header is None:
-        return no_log(code)
-    if run.steps.size < th.min_recorded_steps:
-        return NotEvaluated(code, f"only {run.steps.size} recorded step(s); needs {th.min_recorded_steps}")
-    return None
 
 
 def is_weighted(la: LayerInfo) -> bool:

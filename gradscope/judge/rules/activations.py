@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
+    LOG,
+    STEPS,
     Context,
+    Rule,
     RuleResult,
     finite_rows,
     first_divergent_step,
     fmt_steps,
     label,
+    layer_stat,
+    module_path,
     nanmedian,
-    need_steps,
     output_layer,
     pct,
     safe_div,
@@ -26,6 +30,7 @@ from gradscope.judge.rules._common import (
     step_range,
     tail_slice,
 )
+from gradscope.judge.rules._fixes import init_fix, list_names, lr_fix, named, norm_fix
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import DYING_ACTIVATIONS, SATURATING_ACTIVATIONS
@@ -35,8 +40,6 @@ def _unit_fraction_rule(run: Run, th: Thresholds, code: Code, field: str, acts: 
                         warn_at: float, error_at: float, skip_head: bool,
                         describe: str) -> RuleResult:
     """Shared shape of dead/saturated: per layer, median fraction of units over the tail of training."""
-    if (ne := need_steps(run, th, code)) is not None:
-        return ne
     cand = [i for i, la in enumerate(run.layers) if (la.act or "").lower() in acts]
     head = output_layer(run)
     if skip_head:
@@ -47,8 +50,7 @@ def _unit_fraction_rule(run: Run, th: Thresholds, code: Code, field: str, acts: 
         names = "/".join(sorted(acts))
         return NotEvaluated(code, f"no watched hidden layer is followed by {names}")
     num, units = stat(run, "layer", field), stat(run, "layer", "units")
-    if num is None or units is None:
-        return NotEvaluated(code, f"the log has no per-unit '{field}' counts")
+    assert num is not None and units is not None   # the rule's needs
     frac_all = safe_div(num[:, cand], units[:, cand])
     # Rows at/after divergence describe NaN weights (a NaN is never positive: every unit would look dead),
     # and single rows with non-finite activations (an AMP overflow the scaler skipped) say nothing either.
@@ -162,3 +164,40 @@ def saturation(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     return _unit_fraction_rule(run, th, Code.SATURATION, "saturated", SATURATING_ACTIVATIONS,
                                th.saturation_fraction, th.saturation_fraction_error, skip_head=True,
                                describe="saturated (derivative below threshold)")
+
+
+# ---------------------------------------------------------------- fixes
+
+def dead_relu_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    las = named(run, f.layers, th)
+    paths = ", ".join(module_path(la.name) for la in las)
+    return [
+        Fix(FixKind.ACTIVATION, f"Replace the ReLU after {list_names(list(f.layers), th)} with LeakyReLU: it keeps "
+            f"a small gradient for negative inputs, so units can recover",
+            f"nn.LeakyReLU(0.01)  # in place of nn.ReLU() after {paths}\n"
+            f"# or, in forward(): x = F.leaky_relu(x, 0.01)"),
+        init_fix(run, f.layers, "He init with zero biases starts half of the units active", th, act="relu"),
+        lr_fix(run, th.fix_lr_backoff, "large updates push units into the never-active region"),
+        norm_fix(run, f.layers, "keeps each unit's pre-activation centred, so it fires on part of the batch", th),
+    ]
+
+
+def saturation_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    las = named(run, f.layers, th)
+    acts = sorted({(la.act or "").lower() for la in las})
+    return [
+        init_fix(run, f.layers, "Glorot init keeps pre-activations in the linear range of " + "/".join(acts), th),
+        norm_fix(run, f.layers, "keeps pre-activations near 0, where the derivative is largest", th),
+        Fix(FixKind.ACTIVATION, "Use ReLU (or GELU) in hidden layers: it does not saturate for positive inputs",
+            f"nn.ReLU()  # in place of the {'/'.join(acts)} after {list_names([la.name for la in las], th)}"),
+        lr_fix(run, th.fix_lr_backoff, "large updates drive pre-activations into the flat tails"),
+    ]
+
+
+RULES = (
+    Rule(Code.DEAD_RELU, dead_relu, dead_relu_fixes, "activations",
+         needs=(LOG, STEPS, layer_stat("dead"), layer_stat("units"))),
+    Rule(Code.SATURATION, saturation, saturation_fixes, "activations",
+         needs=(LOG, STEPS, layer_stat("saturated"), layer_stat("units"))),
+)
+"""This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
-from gradscope.judge.rules._common import Context, RuleResult, fmt_num, step_range
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
+from gradscope.judge.rules._common import LOG, Context, Need, Rule, RuleResult, fmt_num, module_path, step_range
+from gradscope.judge.rules._fixes import layer_info, sig
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import InputStats, LayerInfo
@@ -23,6 +25,19 @@ def _first_layer(run: Run) -> LayerInfo | None:
 def _median(vals: list[float | None]) -> float | None:
     xs = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
     return float(np.median(xs)) if xs else None
+
+
+@dataclass(frozen=True)
+class InputDetail:
+    """What ``unnormalized_input`` hands its fixes: the observed input mean and std (medians over steps)."""
+
+    mean: float | None = None
+    std: float | None = None
+
+
+INPUTS = Need("statistics of the model's input (a float tensor)",
+              lambda run, th: None if run.inputs else
+              "no input statistics recorded (the model's first input is not a float tensor)")
 
 
 def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
@@ -47,10 +62,6 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     BatchNorm/LayerNorm as the first layer.
     """
     code = Code.UNNORMALIZED_INPUT
-    if run.header is None:
-        return NotEvaluated(code, "no gradscope log (only TensorBoard scalars): no input statistics")
-    if not run.inputs:
-        return NotEvaluated(code, "no input statistics recorded (the model's first input is not a float tensor)")
     first = _first_layer(run)
     if first is not None:
         t = first.type.lower()
@@ -87,4 +98,35 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 "max": _median([s.max for s in stats]), "criteria": reasons,
                 "first_layer": first.name if first else None}
     return [Finding(code, Severity.WARNING, "Inputs not normalized", "model input: " + "; ".join(reasons),
-                    layers=(first.name,) if first else (), steps=steps, evidence=evidence, confidence=0.8)]
+                    layers=(first.name,) if first else (), steps=steps, evidence=evidence, confidence=0.8,
+                    detail=InputDetail(mean=mean, std=std))]
+
+
+# ---------------------------------------------------------------- fixes
+
+def unnormalized_input_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    d = f.detail if isinstance(f.detail, InputDetail) else InputDetail()
+    first = layer_info(run, f.layers[0]) if f.layers else None
+    image = first is not None and first.type.lower().startswith("conv")
+    m = sig(float(d.mean), 3) if d.mean is not None else "mean"
+    s = sig(float(d.std), 3) if d.std is not None else "std"
+    if image:
+        code = (f"# per channel, computed on the training set (overall mean {m}, std {s} observed):\n"
+                f"transforms.Normalize(mean=channel_means, std=channel_stds)")
+    else:
+        code = ("mean, std = X_train.mean(0), X_train.std(0).clamp_min(1e-8)   # training set only\n"
+                "X_train, X_val = (X_train - mean) / std, (X_val - mean) / std")
+    fixes: list[Fix | None] = [Fix(FixKind.NORMALIZATION,
+                                   f"Standardize the inputs to zero mean and unit variance (observed mean {m}, "
+                                   f"std {s}) with statistics of the training set", code)]
+    if first is not None:
+        fixes.append(Fix(FixKind.BATCHNORM, "Or let the model normalize its input: a normalization layer first",
+                         f"nn.{'BatchNorm2d' if image else 'BatchNorm1d'}(num_features)  # before "
+                         f"{module_path(first.name)}"))
+    return fixes
+
+
+RULES = (
+    Rule(Code.UNNORMALIZED_INPUT, unnormalized_input, unnormalized_input_fixes, "data", needs=(LOG, INPUTS)),
+)
+"""This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""

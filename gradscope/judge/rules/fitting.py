@@ -22,18 +22,26 @@ from typing import TypedDict
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     Context,
+    Need,
+    Rule,
     RuleResult,
+    current_lr,
     early_count,
     finite_series,
     fmt_num,
     fmt_steps,
+    is_adaptive,
+    label,
+    module_path,
     nanmedian,
+    optimizer_hparam,
     tail_slice,
     weighted_layers,
 )
+from gradscope.judge.rules._fixes import hidden_layers, layer_info, list_names, sig
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -168,6 +176,34 @@ def _loss_overfit(run: Run, th: Thresholds) -> _LossCurve | None:
             "train_loss_final": t_end, "val_steps": (int(vs[0]), int(vs[-1]))}
 
 
+@dataclass(frozen=True)
+class BestEvaluation:
+    """What ``overfitting`` hands its fixes when the validation loss turned: the evaluation where it was lowest
+    (the early-stopping point), as a step, its 1-based index among ``count`` evaluations, and its loss."""
+
+    step: int
+    index: int
+    count: int
+    val_loss: float
+
+
+def _no_validation(run: Run, th: Thresholds) -> str | None:
+    if error_series(run, "val") is None and finite_series(run.metrics.get("val_loss"))[1].size == 0:
+        return "no validation loss or accuracy logged"
+    return None
+
+
+def _no_training_curve(run: Run, th: Thresholds) -> str | None:
+    if error_series(run, "train") is None and finite_series(run.metrics.get("train_loss"))[1].size < th.fit_min_points:
+        return "no training loss or accuracy logged"
+    return None
+
+
+VALIDATION = Need("a validation loss or accuracy (``val_loss``, ``val_acc`` or ``val_error``)", _no_validation)
+TRAINING_CURVE = Need("a training accuracy or error, or at least ``fit_min_points`` training losses",
+                      _no_training_curve)
+
+
 def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """Overfitting (high variance): the model fits the training set much better than unseen data.
 
@@ -189,8 +225,6 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     code = Code.OVERFITTING
     tr, va = error_series(run, "train"), error_series(run, "val")
     has_val_loss = finite_series(run.metrics.get("val_loss"))[1].size > 0
-    if va is None and not has_val_loss:
-        return NotEvaluated(code, "no validation loss or accuracy logged")
     curve = _loss_overfit(run, th)
     bv = None
     if tr is not None and va is not None:
@@ -232,8 +266,10 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     conf = 0.9 if (bv is not None and bv.high_variance and curve is not None) else 0.75
     if bv is not None and ctx.baseline_error is None:
         evidence["note"] = "no baseline error given; variance does not need one"
+    detail = None if curve is None else BestEvaluation(step=curve["best_step"], index=curve["best_eval"],
+                                                       count=curve["n_evals"], val_loss=curve["best_val_loss"])
     return [Finding(code, severity, "Overfitting (high variance)", "; ".join(parts), steps=steps,
-                    evidence=evidence, confidence=conf)]
+                    evidence=evidence, confidence=conf, detail=detail)]
 
 
 def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
@@ -285,8 +321,6 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         return [Finding(code, severity, "Underfitting (high bias)", msg, steps=steps, evidence=evidence,
                         confidence=0.85 if known else 0.6)]
     ts, tv = finite_series(run.metrics.get("train_loss"))
-    if tv.size < th.fit_min_points:
-        return NotEvaluated(code, "no training loss or accuracy logged")
     k = early_count(tv.size, th)
     start = float(nanmedian(tv[:k]))
     tail = tail_slice(tv.size, th)
@@ -319,3 +353,83 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 "chance_loss": chance, "train_val_gap": gap, "threshold": th.underfit_min_improvement}
     return [Finding(code, Severity.WARNING, "Underfitting (high bias)", msg, steps=steps, evidence=evidence,
                     confidence=0.7)]
+
+
+# ---------------------------------------------------------------- fixes
+
+def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    fixes: list[Fix | None] = []
+    best = f.detail if isinstance(f.detail, BestEvaluation) else None
+    if best is not None:
+        fixes.append(Fix(FixKind.EARLY_STOPPING,
+                         f"Stop at step {best.step} (evaluation {best.index} of {best.count}), where validation loss "
+                         f"was lowest ({best.val_loss:.4g}); keep that checkpoint",
+                         f"best, bad, patience = float(\"inf\"), 0, {th.overfit_min_after + 1}\n"
+                         f"# after each validation:\n"
+                         f"if val_loss < best:\n    best, bad = val_loss, 0\n"
+                         f"    torch.save(model.state_dict(), \"best.pt\")\n"
+                         f"else:\n    bad += 1\n    if bad >= patience:\n"
+                         f"        break  # best was at step {best.step}"))
+    else:
+        fixes.append(Fix(FixKind.EARLY_STOPPING, "Keep the checkpoint with the best validation score and stop "
+                         "when it has not improved for a few evaluations",
+                         "if val_acc > best:\n    best = val_acc\n    torch.save(model.state_dict(), \"best.pt\")"))
+    wd = optimizer_hparam(run, "weight_decay")
+    adaptive = is_adaptive(run)
+    if wd is not None and wd > 0:
+        new_wd = wd * th.fix_weight_decay_step_up
+    else:
+        new_wd = th.fix_weight_decay_adamw if adaptive else th.fix_weight_decay_sgd
+    lr = current_lr(run)
+    lr_txt = f"lr={sig(lr, 2)}, " if lr is not None else ""
+    if adaptive:
+        code = f"optimizer = torch.optim.AdamW(model.parameters(), {lr_txt}weight_decay={sig(new_wd, 1)})"
+    else:
+        code = (f"optimizer = torch.optim.SGD(model.parameters(), {lr_txt}momentum=0.9, "
+                f"weight_decay={sig(new_wd, 1)})")
+    fixes.append(Fix(FixKind.REGULARIZATION, f"Add weight decay {sig(new_wd, 1)} (L2) to shrink the weights "
+                     f"towards simpler functions", code))
+    hidden = [la.name for la in hidden_layers(run)]
+    if hidden:
+        fixes.append(Fix(FixKind.REGULARIZATION, f"Add dropout (p={th.fix_dropout_p}) after {list_names(hidden, th)}",
+                         "\n".join(f"nn.Dropout(p={th.fix_dropout_p})  # after {module_path(n)}'s activation"
+                                   for n in hidden[:th.fix_max_layers])))
+    conv = any(la.type.lower().startswith("conv2d") for la in run.layers)
+    fixes.append(Fix(FixKind.DATA, "Use more training data or augment it" + (" (random crops and flips)" if conv
+                                                                             else ""),
+                     "transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), "
+                     "...])" if conv else ""))
+    if hidden:
+        la = layer_info(run, hidden[0])
+        if la is not None and la.fan_out:
+            fixes.append(Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {label(la.name)}",
+                             f"# {module_path(la.name)}: {la.fan_out} → "
+                             f"{max(1, la.fan_out // th.fix_width_factor)} units"))
+    return fixes
+
+
+def underfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    fixes: list[Fix | None] = []
+    hidden = hidden_layers(run) if run.header is not None else []
+    la = hidden[0] if hidden else None
+    if la is not None and la.fan_out:
+        wide = la.fan_out * th.fix_width_factor
+        fixes.append(Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({la.fan_out} → "
+                         f"{wide} units) or add a hidden layer",
+                         f"# {module_path(la.name)}: {la.type}(..., {la.fan_out}) → {la.type}(..., {wide})"))
+    else:
+        fixes.append(Fix(FixKind.CAPACITY, "Use a bigger or deeper model (more units, more layers)", ""))
+    fixes.append(Fix(FixKind.TRAIN_LONGER, "Train longer (more epochs) and check that the training loss is "
+                     "still falling at the end", "num_epochs *= 2"))
+    lr = current_lr(run)
+    was = f" (was {sig(lr, 2)})" if lr is not None else ""
+    fixes.append(Fix(FixKind.LEARNING_RATE, f"Tune the learning rate{was} with a range test (a few values on a "
+                     f"log scale around it): too low and the loss barely moves", ""))
+    return fixes
+
+
+RULES = (
+    Rule(Code.OVERFITTING, overfitting, overfitting_fixes, "fitting", needs=(VALIDATION,)),
+    Rule(Code.UNDERFITTING, underfitting, underfitting_fixes, "fitting", needs=(TRAINING_CURVE,)),
+)
+"""This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""

@@ -11,20 +11,24 @@ different batch sizes compare), which is noisier because layer widths differ.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
+    LOG,
+    STEPS,
     Context,
+    Rule,
     RuleResult,
     early_count,
     finite_rows,
     fmt_num,
     fmt_steps,
     label,
+    module_path,
     nanmedian,
-    need_steps,
     output_layer,
     pct,
     safe_div,
@@ -32,8 +36,10 @@ from gradscope.judge.rules._common import (
     step_range,
     weighted_layers,
 )
+from gradscope.judge.rules._fixes import clip_fix, init_fix, lr_fix, norm_fix
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
+from gradscope.store.schema import SATURATING_ACTIVATIONS
 
 
 def _depth_gradients(run: Run) -> tuple[np.ndarray, list[int], str] | None:
@@ -80,6 +86,22 @@ def _hidden_output_ratio(run: Run) -> tuple[np.ndarray, list[int]] | None:
     return safe_div(lg[:, w[0]], lg[:, w[-2]]), w
 
 
+@dataclass(frozen=True)
+class VanishingDetail:
+    """What ``vanishing_gradients`` hands its fixes: the activations after the judged layers."""
+
+    activations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExplodingDetail:
+    """What ``exploding_gradients`` hands its fixes: where trouble began (the clipping norm is taken from the
+    steps before it) and whether it grows through depth (then initialization is part of the fix)."""
+
+    first_step: int | None = None
+    through_depth: bool = False
+
+
 def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """Vanishing gradients: the first layers get (almost) no gradient and stop learning.
 
@@ -103,8 +125,6 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     to the activation; normalization layers (BatchNorm/LayerNorm); residual connections.
     """
     code = Code.VANISHING_GRADIENTS
-    if (ne := need_steps(run, th, code)) is not None:
-        return ne
     ok_steps = _valid_steps(run) & finite_rows(run)
     dg = _depth_gradients(run)
     hid = _hidden_output_ratio(run)
@@ -211,7 +231,8 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     best = max(frac, hfrac)
     confidence = min(1.0, 0.5 + 0.5 * best) * (1.0 if by_relative else 0.8)
     return [Finding(code, severity, "Vanishing gradients", msg, layers=tuple(dict.fromkeys(starving)),
-                    steps=steps, evidence=evidence, confidence=confidence)]
+                    steps=steps, evidence=evidence, confidence=confidence,
+                    detail=VanishingDetail(activations=tuple(sorted(acts))))]
 
 
 def _total_weight_norm(run: Run) -> np.ndarray | None:
@@ -278,8 +299,6 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     normalization layers; initialization matched to the activation.
     """
     code = Code.EXPLODING_GRADIENTS
-    if (ne := need_steps(run, th, code)) is not None:
-        return ne
     valid = _valid_steps(run)
     reasons: list[str] = []
     evidence: dict[str, object] = {}
@@ -438,5 +457,49 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     uniq = list(dict.fromkeys(layers))
     msg = "; ".join(reasons) + f" ({fmt_steps(steps)})"
     confidence = min(1.0, 0.6 + 0.2 * len(reasons))
+    detail = ExplodingDetail(first_step=steps[0] if steps else None,
+                             through_depth="activation_depth_growth" in evidence or "median_depth_ratio" in evidence)
     return [Finding(code, severity, "Exploding gradients", msg, layers=tuple(uniq), steps=steps,
-                    evidence=evidence, confidence=confidence)]
+                    evidence=evidence, confidence=confidence, detail=detail)]
+
+
+# ---------------------------------------------------------------- fixes
+
+def vanishing_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    d = f.detail if isinstance(f.detail, VanishingDetail) else VanishingDetail()
+    acts = set(d.activations)
+    fixes: list[Fix | None] = []
+    if acts & SATURATING_ACTIVATIONS:
+        sat = sorted(acts & SATURATING_ACTIVATIONS)
+        fixes.append(Fix(FixKind.ACTIVATION,
+                         f"Use ReLU (or GELU) instead of {'/'.join(sat)} in the hidden layers: its derivative is 1 "
+                         f"for positive inputs, so gradients do not shrink layer by layer",
+                         f"nn.ReLU()  # in place of nn.{'Tanh' if 'tanh' in sat else 'Sigmoid'}() between hidden "
+                         f"layers"))
+    fixes.append(init_fix(run, f.layers, "He for ReLU-like, Glorot for tanh/sigmoid keeps gradient variance "
+                                         "constant across depth", th))
+    fixes.append(norm_fix(run, f.layers, "re-centres and re-scales each layer's signal", th))
+    if f.layers:
+        p = module_path(f.layers[0])
+        fixes.append(Fix(FixKind.RESIDUAL, "Add residual (skip) connections so the gradient has a path that "
+                         "bypasses the deep stack",
+                         f"# in forward():\nx = x + {p}(x)  # when input and output shapes match"))
+    return fixes
+
+
+def exploding_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    d = f.detail if isinstance(f.detail, ExplodingDetail) else ExplodingDetail()
+    first = d.first_step if d.first_step is not None else (f.steps[0] if f.steps else None)
+    fixes: list[Fix | None] = [clip_fix(run, th, first),
+                               lr_fix(run, th.fix_lr_backoff, "smaller steps keep the weights from growing")]
+    fixes.append(norm_fix(run, f.layers, "bounds the signal each layer passes on", th))
+    if d.through_depth:
+        fixes.append(init_fix(run, f.layers, "the per-layer gain compounds with depth", th))
+    return fixes
+
+
+RULES = (
+    Rule(Code.EXPLODING_GRADIENTS, exploding_gradients, exploding_fixes, "gradients", needs=(LOG, STEPS)),
+    Rule(Code.VANISHING_GRADIENTS, vanishing_gradients, vanishing_fixes, "gradients", needs=(LOG, STEPS)),
+)
+"""This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""

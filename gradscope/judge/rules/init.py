@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
+    LOG,
     Context,
+    Rule,
     RuleResult,
     early_count,
     finite_rows,
@@ -22,6 +24,7 @@ from gradscope.judge.rules._common import (
     stat,
     weighted_layers,
 )
+from gradscope.judge.rules._fixes import init_lines, list_names, named, norm_fix
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import RELU_FAMILY, SATURATING_ACTIVATIONS, LayerInfo
@@ -32,6 +35,13 @@ class InitTarget:
     scheme: str          # "he", "glorot", "lecun"
     variance: float      # the weight variance the activation needs
     nonlinearity: str    # for nn.init.calculate_gain / kaiming_normal_
+
+
+@dataclass(frozen=True)
+class PoorInitDetail:
+    """What ``poor_init`` hands its fixes: per mis-initialized layer, the nonlinearity its scheme is for."""
+
+    nonlinearity: dict[str, str] = field(default_factory=dict)
 
 
 def init_target(la: LayerInfo) -> InitTarget | None:
@@ -72,8 +82,6 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     with the activation's gain, LeCun normal for SELU); normalization layers make a net less sensitive to init.
     """
     code = Code.POOR_INIT
-    if run.header is None:
-        return NotEvaluated(code, "no gradscope log (only TensorBoard scalars): no initial weight statistics")
     pidx = param_index(run)
     w = weighted_layers(run)
     head = output_layer(run)
@@ -159,5 +167,27 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         msg += " — shows as: " + "; ".join(shows)
     evidence["layers"] = per_layer
     evidence["shows"] = shows
+    detail = PoorInitDetail(nonlinearity={n: str(v["nonlinearity"]) for n, v in per_layer.items()
+                                          if v.get("nonlinearity") is not None})
     return [Finding(code, Severity.WARNING, "Poor weight initialization", msg, layers=tuple(layers),
-                    steps=early_steps, evidence=evidence, confidence=0.8 if shows else 0.7)]
+                    steps=early_steps, evidence=evidence, confidence=0.8 if shows else 0.7, detail=detail)]
+
+
+# ---------------------------------------------------------------- fixes
+
+def poor_init_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    d = f.detail if isinstance(f.detail, PoorInitDetail) else PoorInitDetail()
+    lines: list[str] = []
+    for la in named(run, f.layers, th):
+        act = d.nonlinearity.get(la.name)
+        lines += init_lines(run, la, None if act in (None, "linear") else act)
+    return [
+        Fix(FixKind.INIT, f"Re-initialize {list_names(list(f.layers), th)} with the scheme the activation needs "
+            f"(He for ReLU, Glorot for tanh/sigmoid/linear, LeCun for SELU)",
+            "with torch.no_grad():\n" + "\n".join("    " + ln for ln in lines)),
+        norm_fix(run, f.layers, "normalization makes the net far less sensitive to the initial scale", th),
+    ]
+
+
+RULES = (Rule(Code.POOR_INIT, poor_init, poor_init_fixes, "init", needs=(LOG,)),)
+"""This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""

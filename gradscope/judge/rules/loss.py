@@ -7,12 +7,15 @@ total gradient norm gradscope records for every step, so they also run on a Tens
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.findings import Code, Finding, Fix, Severity
 from gradscope.judge.rules._common import (
     Context,
+    Need,
+    Rule,
     RuleResult,
     early_count,
     finite_series,
@@ -22,6 +25,7 @@ from gradscope.judge.rules._common import (
     step_range,
     tail_slice,
 )
+from gradscope.judge.rules._fixes import clip_fix, lr_fix
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -30,6 +34,32 @@ _MAD_TO_SIGMA = 1.4826   # MAD × 1.4826 estimates the standard deviation of a n
 
 def _scaler_active(run: Run) -> bool:
     return bool(run.skipped.size and run.skipped.any())
+
+
+@dataclass(frozen=True)
+class FirstStep:
+    """What the loss rules hand their fixes: the first bad step (the clipping norm comes from the steps
+    before it)."""
+
+    step: int | None = None
+
+
+def _no_loss(run: Run, th: Thresholds) -> str | None:
+    if run.header is None and "train_loss" not in run.metrics and "val_loss" not in run.metrics:
+        return "no gradscope log and no loss logged"
+    return None
+
+
+def _no_curve(run: Run, th: Thresholds) -> str | None:
+    n = 2 * th.early_min_steps
+    if finite_series(run.metrics.get("train_loss"))[1].size < n and np.isfinite(run.all_grad_norm).sum() < n:
+        return "no training loss logged (train_loss) and too few per-step gradient norms"
+    return None
+
+
+LOSS_OR_LOG = Need("a gradscope log or a logged loss", _no_loss)
+LOSS_CURVE = Need("a training loss curve (``train_loss``) or per-step gradient norms, at least "
+                  "2 × ``early_min_steps`` values", _no_curve)
 
 
 def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
@@ -49,9 +79,7 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     a numerically stable loss (``nn.CrossEntropyLoss`` on logits rather than ``log(softmax)``).
     """
     code = Code.DIVERGENCE
-    tl, vl = run.metrics.get("train_loss"), run.metrics.get("val_loss")
-    if run.header is None and tl is None and vl is None:
-        return NotEvaluated(code, "no gradscope log and no loss logged")
+    tl = run.metrics.get("train_loss")
     skipped_steps = set(run.steps[run.skipped].tolist()) if run.skipped.shape == run.steps.shape else set()
     scaler = _scaler_active(run)
     events: list[tuple[int, str, str | None]] = []   # (step, what, layer)
@@ -94,7 +122,7 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                         layers=(first_layer,) if first_layer else (), steps=(first_step, last),
                         evidence={"first_step": first_step, "first_layer": first_layer, "events": what,
                                   "scaler_skipped_steps": len(skipped_steps)},
-                        confidence=1.0)]
+                        confidence=1.0, detail=FirstStep(first_step))]
     # A finite runaway: the loss ends far above where it started.
     st, v = finite_series(tl)
     if v.size >= th.fit_min_points:
@@ -108,7 +136,7 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                             f"({fmt_num(end / start)}× its start, threshold {fmt_num(th.divergence_loss_growth)}×) "
                             f"over {fmt_steps(steps)}", steps=steps,
                             evidence={"start_loss": start, "end_loss": end, "first_step": steps[0] if steps else None},
-                            confidence=0.8)]
+                            confidence=0.8, detail=FirstStep(steps[0] if steps else None))]
     return []
 
 
@@ -195,14 +223,11 @@ def unstable_loss(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
     Fixes: a lower learning rate (or warm-up); gradient clipping at the healthy gradient norm; larger batches.
     """
-    code = Code.UNSTABLE_LOSS
     st, v = finite_series(run.metrics.get("train_loss"))
     have_loss = v.size >= 2 * th.early_min_steps
     gfin = np.isfinite(run.all_grad_norm)
     gst, gv = run.all_steps[gfin], run.all_grad_norm[gfin]
     have_grad = gv.size >= 2 * th.early_min_steps
-    if not have_loss and not have_grad:
-        return NotEvaluated(code, "no training loss logged (train_loss) and too few per-step gradient norms")
     reasons: list[str] = []
     flagged: list[int] = []
     severity: Severity | None = None
@@ -246,6 +271,30 @@ def unstable_loss(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         return []
     steps = step_range(flagged)
     evidence["first_step"] = steps[0] if steps else None
-    return [Finding(code, severity, "Unstable training loss", "; ".join(reasons) + f" ({fmt_steps(steps)})",
-                    steps=steps, evidence=evidence,
-                    confidence=0.8 if severity is Severity.WARNING else 0.5)]
+    return [Finding(Code.UNSTABLE_LOSS, severity, "Unstable training loss",
+                    "; ".join(reasons) + f" ({fmt_steps(steps)})", steps=steps, evidence=evidence,
+                    confidence=0.8 if severity is Severity.WARNING else 0.5,
+                    detail=FirstStep(steps[0] if steps else None))]
+
+
+# ---------------------------------------------------------------- fixes
+
+def _first_step(f: Finding) -> int | None:
+    return f.detail.step if isinstance(f.detail, FirstStep) else None
+
+
+def divergence_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    return [lr_fix(run, th.fix_lr_backoff, "the usual cause of a loss that blows up"),
+            clip_fix(run, th, _first_step(f))]
+
+
+def unstable_loss_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    return [lr_fix(run, th.fix_lr_backoff, "spikes and oscillation mean steps overshoot"),
+            clip_fix(run, th, _first_step(f))]
+
+
+RULES = (
+    Rule(Code.DIVERGENCE, divergence, divergence_fixes, "loss", needs=(LOSS_OR_LOG,)),
+    Rule(Code.UNSTABLE_LOSS, unstable_loss, unstable_loss_fixes, "loss", needs=(LOSS_CURVE,)),
+)
+"""This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""

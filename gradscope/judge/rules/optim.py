@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, NotEvaluated, Severity
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
+    LOG,
+    STEPS,
     Context,
+    Rule,
     RuleResult,
     current_lr,
     fmt_num,
     fmt_steps,
     is_adaptive,
     nanmedian,
-    need_steps,
     optimizer_name,
+    param_stat,
     pct,
     stat,
     step_range,
     weighted_layers,
 )
+from gradscope.judge.rules._fixes import lr_fix, sig
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
+
+
+@dataclass(frozen=True)
+class LearningRateDetail:
+    """What ``learning_rate`` hands its fixes: the direction, the observed and target update/weight ratios,
+    the factor between them and the learning rate it gives (None when the run's learning rate is unknown)."""
+
+    direction: str = "high"          # "low" | "high"
+    ratio: float | None = None
+    target: float | None = None
+    factor: float = 1.0
+    suggested_lr: float | None = None
 
 
 def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
@@ -49,8 +67,6 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     so no layer is pushed past the target), or a learning-rate finder / schedule.
     """
     code = Code.LEARNING_RATE
-    if (ne := need_steps(run, th, code)) is not None:
-        return ne
     w = weighted_layers(run)
     ur = stat(run, "param", "update_ratio")
     if not w or ur is None:
@@ -119,8 +135,10 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         "fraction_of_steps": frac, "excluded_layers": sorted(starved & {run.layers[i].name for i, _ in w}),
     }
     title = f"Learning rate too {direction}"
+    detail = LearningRateDetail(direction=direction, ratio=ratio, target=target, factor=factor,
+                                suggested_lr=suggested)
     return [Finding(code, Severity.WARNING, title, msg, layers=tuple(bad_layers), steps=steps, evidence=evidence,
-                    confidence=min(1.0, 0.5 + 0.5 * frac))]
+                    confidence=min(1.0, 0.5 + 0.5 * frac), detail=detail)]
 
 
 def _weight_growth(run: Run, cols: list[int]) -> float | None:
@@ -149,5 +167,26 @@ def _too_high_by_growth(run: Run, th: Thresholds, growth: float, ratio: float, a
     evidence = {"median_update_ratio": ratio, "direction": "high", "threshold": th.lr_weight_growth,
                 "weight_growth": growth, "target_ratio": target, "adaptive_optimizer": adaptive, "lr": lr,
                 "suggested_lr": lr * factor if lr is not None else None, "lr_factor": factor}
+    detail = LearningRateDetail(direction="high", ratio=ratio, target=target, factor=factor,
+                                suggested_lr=lr * factor if lr is not None else None)
     return Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning rate too high", msg, steps=steps,
-                   evidence=evidence, confidence=0.6)
+                   evidence=evidence, confidence=0.6, detail=detail)
+
+
+# ---------------------------------------------------------------- fixes
+
+def learning_rate_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    d = f.detail if isinstance(f.detail, LearningRateDetail) else LearningRateDetail()
+    why = (f"scales the update/weight ratio from {sig(d.ratio)} to about {sig(d.target)}"
+           if d.ratio is not None and d.target is not None else "brings updates into the usual band")
+    fixes: list[Fix | None] = [lr_fix(run, d.factor, why, d.suggested_lr)]
+    if d.direction == "low":
+        fixes.append(Fix(FixKind.TRAIN_LONGER, "If the learning rate must stay, train much longer", ""))
+    return fixes
+
+
+RULES = (
+    Rule(Code.LEARNING_RATE, learning_rate, learning_rate_fixes, "optimizer",
+         needs=(LOG, STEPS, param_stat("update_ratio"))),
+)
+"""This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""
