@@ -1,19 +1,40 @@
-"""Pure tensor reductions: tensor in, small tensors out, never a host sync (except where noted).
+"""Pure tensor reductions: tensor in, small tensors out, never a host sync.
 
 Kernel choice matters more than anything else here (the table in docs/performance.md): on CPU
-``torch.var_mean`` runs at ~1.4 GB/s while ``sum``/``dot`` run at 20–77 GB/s,
+``torch.var_mean`` runs at ~1.4 GB/s while ``sum``/norms run at 20–77 GB/s,
 and ``isfinite(x).sum()`` is ~50× slower than ``x.sum()``. So variance comes from the sum and the sum of
 squares, and the presence of NaN/Inf from the sum, the sum of squares and the min/max, which all propagate it.
+
+On a GPU the number of kernels matters more than their size (a recorded step is launch-bound), so each
+statistic is one reduction over the activation in its own dtype, accumulating in fp32 (``sum(dtype=...)``,
+``vector_norm(dtype=...)``): never an fp32 copy of a bf16/fp16 activation. Every tensor created here takes
+its device from its input (``device=``, ``new_*`` or ``*_like``), so a CUDA model never meets a CPU tensor
+(tests/measure/test_device.py checks it on CPU with a different default device), and no op here is one that
+has no deterministic CUDA kernel (``NONDETERMINISTIC_CUDA_OPS``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 _F32 = torch.float32
+
+NONDETERMINISTIC_CUDA_OPS: frozenset[str] = frozenset({
+    "histc", "bincount_weighted", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_",
+    "index_add", "index_add_", "index_copy", "index_copy_", "index_put_accumulate", "put_", "cumsum",
+    "cumsum_", "median", "nanmedian", "kthvalue", "embedding_bag", "_embedding_bag",
+    "_embedding_bag_backward", "nll_loss", "nll_loss2d", "grid_sampler_2d_backward",
+})
+"""ATen ops (overload packet names) that ``torch.use_deterministic_algorithms(True)`` makes raise on CUDA, or
+that are nondeterministic there (the list in that function's docstring, torch 2.13, restricted to the ops a
+reduction could reach for). gradscope's hooks run inside the user's forward and backward, so one of these
+would fail a deterministic user run (``torch.histc`` did: the TensorBoard histograms now bin with
+``bincount`` without weights). Two entries are conditions, not op names: ``bincount_weighted`` (``bincount``
+with ``weights``) and ``index_put_accumulate`` (``index_put_(..., accumulate=True)``); ``cumsum`` raises only
+for floating point. tests/measure/test_deterministic.py records every op of a watched training and checks
+none of them is here."""
 
 # Normalized derivative of each saturating activation as a function of its input z, scaled so that the
 # derivative's maximum is 1 (sigmoid' ≤ 0.25, so it is multiplied by 4). Used for the saturation statistic.
@@ -27,6 +48,7 @@ _SAT_DERIVATIVE = {
 
 
 def saturating(act: str | None) -> bool:
+    """Whether ``act`` has a saturation statistic (a bounded derivative that vanishes for large inputs)."""
     return act in _SAT_DERIVATIVE
 
 
@@ -55,6 +77,32 @@ def _add(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
     return b if a is None else a + b
 
 
+NONFINITE_SAMPLE = 4096
+"""NaN/Inf elements are counted on a fixed strided sample of at most 4096 elements of each output and scaled
+to the whole output (exact for outputs up to that size). An exact count needs an elementwise pass that
+allocates a buffer the size of the activation; the count only has to say "some" or "many", and whether the
+output held any NaN/Inf at all is exact anyway: the full Σx and Σx² (and min/max) propagate it, which makes
+the recorded mean/variance non-finite."""
+
+DERIVATIVE_CHUNK = 1 << 16
+"""The saturation derivative is computed over slices of at most 65536 elements (whole rows/samples) of a
+layer's output: exact over every element, while the fp32 temporaries it needs (tanh, its square, ...) stay
+at 256 KiB each however large the activation, instead of several fp32 copies of it at the moment the forward
+pass holds the most memory. Outputs up to this size take one slice (the common case: a few ops)."""
+
+_DIMS_CACHE: dict[tuple[int, int], tuple[int, ...]] = {}
+
+
+def _other_dims(ndim: int, unit_dim: int) -> tuple[int, ...]:
+    """Every dim of an ``ndim``-D tensor but the unit dim (cached: this runs per layer per recorded call)."""
+    key = (ndim, unit_dim)
+    dims = _DIMS_CACHE.get(key)
+    if dims is None:
+        d = unit_dim % ndim
+        dims = _DIMS_CACHE[key] = tuple(i for i in range(ndim) if i != d)
+    return dims
+
+
 def _unit_view(x: torch.Tensor, unit_dim: int) -> torch.Tensor:
     """(U, rest) view of x with units on dim 0 (features: last dim; channels: dim 1)."""
     if x.dim() == 0:
@@ -66,56 +114,122 @@ def _unit_view(x: torch.Tensor, unit_dim: int) -> torch.Tensor:
 
 
 def _per_unit(x: torch.Tensor, unit_dim: int, op: str) -> torch.Tensor:
-    """(U,) ``amax`` or ``sum`` over everything but the unit dim, reducing in place of a (U, rest) copy: for a
-    channels-first activation that copy was a second activation-sized buffer per layer, at the moment the
-    forward pass holds the most memory."""
+    """(U,) ``amax`` or fp32 ``sum`` over everything but the unit dim, reducing in place of a (U, rest) copy:
+    for a channels-first activation that copy was a second activation-sized buffer per layer, at the moment
+    the forward pass holds the most memory. ``amax`` runs in the tensor's own dtype (a max is exact in
+    bf16/fp16: no fp32 copy); ``sum`` accumulates in fp32."""
     if x.dim() == 0:
-        return x.reshape(1).clone()
+        x = x.reshape(1)
     if x.dim() == 1:
-        return x.clone()
+        return x.clone() if op == "amax" else x.to(_F32, copy=True)
     d = unit_dim % x.dim()
-    dims = tuple(i for i in range(x.dim()) if i != d)
     if x.numel() == 0:
-        return x.new_full((x.shape[d],), float("-inf") if op == "amax" else 0.0)
-    return x.amax(dim=dims) if op == "amax" else x.sum(dim=dims)
+        return x.new_full((x.shape[d],), float("-inf") if op == "amax" else 0.0,
+                          dtype=x.dtype if op == "amax" else _F32)
+    dims = _other_dims(x.dim(), unit_dim)
+    return x.amax(dim=dims) if op == "amax" else x.sum(dim=dims, dtype=_F32)
+
+
+def _strided_sample(x: torch.Tensor, limit: int) -> tuple[torch.Tensor, float]:
+    """A 1-D view of at most ``limit`` elements of ``x`` spread evenly through its memory, and the factor
+    (elements ÷ sampled) that scales a count on the sample to the whole tensor. No copy for a dense tensor
+    (contiguous, channels-last, any permutation of a contiguous layout): it is read in memory order with one
+    ``as_strided``. A non-dense view (a slice) falls back to its leading rows, a copy of at most ``limit``
+    elements (or one row)."""
+    n = x.numel()
+    if n <= limit:
+        return x.reshape(-1), 1.0
+    if _dense(x):
+        step = -(-n // limit)   # ceil: at most ``limit`` picks
+        k = -(-n // step)
+        return x.as_strided((k,), (step,), x.storage_offset()), n / k
+    rows = max(limit // max(n // x.shape[0], 1), 1)
+    part = x[:rows].reshape(-1)[:limit]
+    return part, n / part.numel()
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether ``x`` covers exactly the storage span it addresses with no gaps (some permutation of its dims is
+    contiguous), so that memory positions offset .. offset+numel-1 are exactly its elements."""
+    dims = sorted((st, sz) for st, sz in zip(x.stride(), x.shape, strict=True) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
 
 
 def accumulate_output(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str | None) -> None:
-    """Add one forward call's output ``x`` to ``acc``. Runs under no_grad inside the forward hook."""
-    xf = x.detach()
-    if xf.dtype != _F32:
-        xf = xf.to(_F32)  # fp16/bf16: statistics accumulate in fp32 (fp16 sums of squares overflow)
-    flat = xf.reshape(-1)
-    lo, hi = torch.aminmax(flat) if flat.numel() else (flat.new_zeros(()), flat.new_zeros(()))
-    s = flat.sum()
-    ss = torch.dot(flat, flat)
+    """Add one forward call's output ``x`` to ``acc``. Runs under no_grad inside the forward hook.
+
+    A handful of reductions over ``x`` in its own dtype, each accumulating in fp32 where it sums, and none
+    materializing an fp32 copy of a bf16/fp16 activation (the ``.to(float32)`` copies were a third of a
+    recorded step's device time on a bf16 GPU model): Σx (``sum(dtype=float32)``), Σx² (an fp32
+    ``vector_norm``, squared), min/max (``aminmax``, exact in any dtype), the non-zero count, the per-unit max
+    (exact over every sample: dead units need it) and the NaN/Inf count on a bounded sample
+    (``NONFINITE_SAMPLE``). All are exact except that count.
+    """
+    xd = x.detach()
+    n = xd.numel()
+    if n == 0:
+        lo = hi = s = ss = xd.new_zeros((), dtype=_F32)
+        nonzero = nonfinite = xd.new_zeros((), dtype=_F32)
+    else:
+        s = xd.sum(dtype=_F32)
+        ss = torch.linalg.vector_norm(xd, dtype=_F32).square()
+        lo, hi = torch.aminmax(xd)
+        nonzero = torch.count_nonzero(xd)
+        sample, scale = _strided_sample(xd, NONFINITE_SAMPLE)
+        # finite - finite = 0, Inf - Inf = NaN, NaN stays NaN: non-zero exactly at the NaN/Inf elements.
+        nonfinite = torch.count_nonzero(sample - sample)
+        if scale != 1.0:
+            nonfinite = nonfinite * scale
     acc.s = _add(acc.s, s)
     acc.ss = _add(acc.ss, ss)
     acc.lo = lo if acc.lo is None else torch.minimum(acc.lo, lo)
     acc.hi = hi if acc.hi is None else torch.maximum(acc.hi, hi)
-    acc.nonzero = _add(acc.nonzero, torch.count_nonzero(flat))
-    acc.nonfinite = _add(acc.nonfinite, count_nonfinite(flat, s, ss))
-    acc.count += flat.numel()
+    acc.nonzero = _add(acc.nonzero, nonzero)
+    acc.nonfinite = _add(acc.nonfinite, nonfinite)
+    acc.count += n
     acc.calls += 1
-    umax = _per_unit(xf, unit_dim, "amax")           # (U,)
+    umax = _per_unit(xd, unit_dim, "amax")           # (U,), in x's dtype
     if acc.unit_max is None or acc.unit_max.shape != umax.shape:
         acc.unit_max = umax
     else:
         acc.unit_max = torch.maximum(acc.unit_max, umax)
     if act in _SAT_DERIVATIVE:
-        _accumulate_derivative(acc, xf, unit_dim, act)
+        _accumulate_derivative(acc, xd, unit_dim, act)
 
 
 def accumulate_derivative(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str) -> None:
     """Add the per-unit derivative sums of ``act`` at ``x`` (used when ``act`` was learned after the hook ran)."""
     if act in _SAT_DERIVATIVE:
-        xf = x.detach()
-        _accumulate_derivative(acc, xf if xf.dtype == _F32 else xf.to(_F32), unit_dim, act)
+        _accumulate_derivative(acc, x.detach(), unit_dim, act)
 
 
-def _accumulate_derivative(acc: LayerAcc, xf: torch.Tensor, unit_dim: int, act: str) -> None:
-    dsum = _per_unit(_SAT_DERIVATIVE[act](xf), unit_dim, "sum")      # (U,)
-    n = xf.numel() // max(dsum.numel(), 1)                           # elements per unit
+def _derivative_chunks(x: torch.Tensor, unit_dim: int) -> list[torch.Tensor]:
+    """``x`` cut along a non-unit dim into slices of at most ``DERIVATIVE_CHUNK`` elements (views, no copy).
+    A single slice that is still larger (one sample of a huge feature map) is used whole."""
+    if x.numel() <= DERIVATIVE_CHUNK or x.dim() < 2:
+        return [x]
+    d = unit_dim % x.dim()
+    cut = 0 if d != 0 else 1
+    per_slice = max(x.numel() // max(x.shape[cut], 1), 1)
+    rows = max(DERIVATIVE_CHUNK // per_slice, 1)
+    return list(x.split(rows, dim=cut))
+
+
+def _accumulate_derivative(acc: LayerAcc, x: torch.Tensor, unit_dim: int, act: str) -> None:
+    fn = _SAT_DERIVATIVE[act]
+    dsum: torch.Tensor | None = None
+    for part in _derivative_chunks(x, unit_dim):
+        pf = part.to(_F32)   # one bounded fp32 slice (a no-op for fp32 activations)
+        ds = _per_unit(fn(pf), unit_dim, "sum")
+        dsum = ds if dsum is None else dsum + ds
+    if dsum is None:
+        return
+    n = x.numel() // max(dsum.numel(), 1)                           # elements per unit
     if not n:
         return
     if acc.unit_dsum is None or acc.unit_dsum.shape != dsum.shape:
@@ -124,26 +238,9 @@ def _accumulate_derivative(acc: LayerAcc, xf: torch.Tensor, unit_dim: int, act: 
         acc.unit_dsum, acc.unit_n = acc.unit_dsum + dsum, acc.unit_n + n
 
 
-def count_nonfinite(flat: torch.Tensor, s: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
-    """Number of NaN/Inf elements of ``flat`` (fp32), cheaply in the common all-finite case.
-
-    NaN and Inf propagate into Σx and Σx², so when both are finite the count is 0. On CPU reading that
-    flag is free (there is no asynchronous device), so the exact count is only computed when needed; on
-    an accelerator the count is computed unconditionally to avoid a host sync inside a hook.
-    """
-    if flat.device.type == "cpu":
-        if math.isfinite(s.item()) and math.isfinite(ss.item()):   # .item() on CPU: a read, not a sync
-            return torch.zeros((), dtype=torch.int64)
-        return torch.count_nonzero(flat - flat)  # finite - finite = 0, Inf - Inf = NaN, NaN stays NaN
-    return torch.count_nonzero(flat - flat)
-
-
 def accumulate_grad(acc: LayerAcc, g: torch.Tensor) -> None:
-    """Add the squared norm of one output gradient (in fp32)."""
-    gf = g.detach().reshape(-1)
-    if gf.dtype != _F32:
-        gf = gf.to(_F32)
-    acc.gsq = _add(acc.gsq, torch.dot(gf, gf))
+    """Add the squared norm of one output gradient, accumulated in fp32 without an fp32 copy of it."""
+    acc.gsq = _add(acc.gsq, torch.linalg.vector_norm(g.detach(), dtype=_F32).square())
 
 
 def finite_probe(x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +257,7 @@ def input_stats(x: torch.Tensor) -> torch.Tensor:
     xd = x.detach().to(torch.float64)
     n = xd.numel()
     if n == 0:
-        return torch.full((8,), float("nan"), dtype=torch.float64)
+        return torch.full((8,), float("nan"), dtype=torch.float64, device=xd.device)
     unit_dim = 1 if xd.dim() >= 4 else -1
     units = _unit_view(xd, unit_dim) if xd.dim() >= 2 else xd.reshape(1, -1)
     fvar, fmean = torch.var_mean(units, dim=1, correction=0)
@@ -168,6 +265,6 @@ def input_stats(x: torch.Tensor) -> torch.Tensor:
     var, mean = torch.var_mean(xd, correction=0)
     lo, hi = torch.aminmax(xd.reshape(-1))
     return torch.stack([
-        torch.tensor(float(n), dtype=torch.float64), mean, var.sqrt(), lo, hi,
+        torch.full((), float(n), dtype=torch.float64, device=xd.device), mean, var.sqrt(), lo, hi,
         fstd.min(), fstd.max(), fmean.abs().max(),
     ])

@@ -21,8 +21,9 @@ per key.
 
 Cost: scalars are written only on recorded steps (the per-step total gradient norms arrive in batches with
 each record). Histograms cost a few milliseconds per parameter tensor, so they are taken rarely (every 50th
-record by default, i.e. every 1000 steps at ``every=20``), binned on the tensor's device with ``torch.histc``
-and passed with ``add_histogram_raw`` (``add_histogram`` bins in numpy on the host: 6–14× a step every step).
+record by default, i.e. every 1000 steps at ``every=20``), binned on the tensor's device with deterministic
+kernels (``bin_tensors``) and passed with ``add_histogram_raw`` (``add_histogram`` bins in numpy on the host:
+6–14× a step every step).
 """
 
 from __future__ import annotations
@@ -295,16 +296,24 @@ class Histogram:
 
 
 def bin_tensors(tensors: Sequence[tuple[str, str, torch.Tensor]], bins: int = HISTOGRAM_BINS) -> list[Histogram]:
-    """Histograms of many tensors, binned on their device with ``torch.histc``; NaN/Inf are counted apart.
+    """Histograms of many tensors, binned on their device; NaN/Inf are counted apart.
+
+    Binning is ``floor((x - lo) * bins / (hi - lo))`` clamped to the last bin (what ``torch.histc`` does),
+    counted with ``torch.bincount`` without weights: integer counts, deterministic on CUDA.
+    ``torch.histc`` has no deterministic CUDA kernel, so under ``torch.use_deterministic_algorithms(True)``
+    it raised inside the user's backward (``reductions.NONDETERMINISTIC_CUDA_OPS``).
 
     Host transfers: one for every tensor's [min, max, sum] together, one more for the (rare) tensors whose
-    sum is not finite (their finite range and NaN/Inf count), one for every tensor's bins together.
+    sum is not finite (their finite range and NaN/Inf count), one for every tensor's bins together (CUDA's
+    ``bincount`` also reads its input's max to size its output: histogram steps are rare, every
+    ``DEFAULT_HISTOGRAMS``-th record, and sync at these transfers anyway).
     """
     if not tensors:
         return []
     flats = [t.reshape(-1).float() for _, _, t in tensors]
+    host = torch.device("cpu")
     first = torch.stack([torch.stack([x.min(), x.max(), x.sum()]).double().cpu() if x.numel() else
-                         torch.full((3,), math.nan, dtype=torch.float64) for x in flats]).tolist()
+                         torch.full((3,), math.nan, dtype=torch.float64, device=host) for x in flats]).tolist()
     ranges: list[tuple[float, float, int]] = []
     exact: dict[int, torch.Tensor] = {}
     for i, (x, (lo, hi, total)) in enumerate(zip(flats, first, strict=True)):
@@ -320,9 +329,9 @@ def bin_tensors(tensors: Sequence[tuple[str, str, torch.Tensor]], bins: int = HI
     for i, (x, (lo, hi, _)) in enumerate(zip(flats, ranges, strict=True)):
         xf = x[torch.isfinite(x)] if i in exact else x
         if xf.numel() == 0:
-            rows.append(torch.zeros(bins + 3, dtype=torch.float64))
+            rows.append(torch.zeros(bins + 3, dtype=torch.float64, device=host))
             continue
-        counts = torch.histc(xf, bins=bins, min=lo, max=hi) if hi > lo else torch.zeros(bins, device=xf.device)
+        counts = _bin(xf, bins, lo, hi) if hi > lo else torch.zeros(bins, device=xf.device)
         moments = torch.stack([xf.new_tensor(float(xf.numel())), xf.sum(), torch.dot(xf, xf)])
         rows.append(torch.cat([moments, counts]).double().cpu())
     values = torch.stack(rows).tolist()
@@ -331,3 +340,12 @@ def bin_tensors(tensors: Sequence[tuple[str, str, torch.Tensor]], bins: int = HI
         out.append(Histogram(kind=kind, name=name, lo=lo, hi=hi, num=int(row[0]), sum=row[1], sum_squares=row[2],
                              counts=row[3:], nonfinite=bad))
     return out
+
+
+def _bin(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
+    """fp32 counts of the finite fp32 values ``x`` in ``bins`` uniform bins over [lo, hi] (hi > lo), as
+    ``torch.histc`` counts them, with deterministic kernels only. One fp32 and one int64 temporary the size of
+    ``x`` (histogram steps only); the maximum lands in the last bin, like ``histc``."""
+    scale = bins / (hi - lo)
+    idx = (x - lo).mul_(scale).floor_().clamp_(0, bins - 1).long()
+    return torch.bincount(idx, minlength=bins)[:bins].float()
