@@ -93,8 +93,88 @@ def test_a_file_that_is_not_a_log(tmp_path: Path) -> None:
 def test_bad_options_exit_2(tmp_path: Path, args: list[str]) -> None:
     write_log(tmp_path, steps=3)
     r = cli("report", tmp_path, *args)
-    assert r.exit_code == 2
-    assert "Traceback" not in r.output and r.stdout == ""
+    assert_one_line_error(r, args[0])   # one line naming the option, not click's usage + hint + error
+
+
+@pytest.mark.parametrize(("args", "suggestion"), [
+    (["--threshold", "dead_fracton=0.8"], "did you mean 'dead_fraction'"),
+    (["--ignore", "dead_reul"], "did you mean 'dead_relu'"),
+    (["--format", "jsn"], "did you mean 'json'"),
+    (["--fial-on", "never"], "--fail-on"),
+])
+def test_typo_gets_a_did_you_mean(tmp_path: Path, args: list[str], suggestion: str) -> None:
+    write_log(tmp_path, steps=3)
+    assert_one_line_error(cli("report", tmp_path, *args), suggestion)
+
+
+def test_unknown_command_is_one_line() -> None:
+    assert_one_line_error(cli("reprot", "x"), "No such command", "report")
+
+
+def test_code_and_choice_spellings_are_forgiven(tmp_path: Path) -> None:
+    _write_diverged(tmp_path)
+    r = cli("report", tmp_path, "--format", "JSON", "--ignore", "Divergence", "--ignore", "unstable-loss")
+    doc = strict_json(r.stdout)
+    assert not {"divergence", "unstable_loss"} & {f["code"] for f in doc["findings"]}
+
+
+@pytest.mark.parametrize("exc", [RecursionError("maximum recursion depth exceeded"), MemoryError(),
+                                 OverflowError("int too large"), ValueError("boom\nsecond line"),
+                                 UnicodeEncodeError("ascii", "\u2013", 0, 1, "ordinal not in range"),
+                                 KeyError("layers")])
+def test_internal_failure_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             exc: Exception) -> None:
+    """Exit 1 means "findings present": a crash of gradscope itself must never look like one."""
+    import gradscope.show.report as report_module
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise exc
+
+    write_log(tmp_path, steps=3)
+    monkeypatch.delenv("GRADSCOPE_TRACEBACK", raising=False)
+    monkeypatch.setattr(report_module, "report", boom)
+    assert_one_line_error(cli("report", tmp_path), "internal error", type(exc).__name__)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "markdown"])
+def test_failure_while_rendering_prints_no_half_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       fmt: str) -> None:
+    from gradscope.show import markdown, text
+    from gradscope.show import report as report_module
+
+    def boom(*_a: object, **_k: object) -> str:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.delenv("GRADSCOPE_TRACEBACK", raising=False)
+    monkeypatch.setattr({"text": text, "json": report_module, "markdown": markdown}[fmt],
+                        {"text": "render_text", "json": "jsonable", "markdown": "render_markdown"}[fmt], boom)
+    write_log(tmp_path, steps=3)
+    assert_one_line_error(cli("report", tmp_path, "--format", fmt), "RecursionError")
+
+
+def test_traceback_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradscope.show.report as report_module
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise OverflowError("kept for the bug report")
+
+    write_log(tmp_path, steps=3)
+    monkeypatch.setattr(report_module, "report", boom)
+    monkeypatch.setenv("GRADSCOPE_TRACEBACK", "1")
+    with pytest.raises(OverflowError, match="kept for the bug report"):
+        cli("report", tmp_path)
+
+
+def test_interrupt_exits_130_not_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradscope.show.report as report_module
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    write_log(tmp_path, steps=3)
+    monkeypatch.setattr(report_module, "report", interrupted)
+    r = cli("report", tmp_path)
+    assert r.exit_code == 130 and "error: interrupted" in r.stderr and "Traceback" not in r.output
 
 
 def test_help_lists_report_and_codes() -> None:
