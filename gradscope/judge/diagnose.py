@@ -71,6 +71,14 @@ def _sort_key(f: Finding) -> tuple[int, float, str]:
     return (-f.severity.rank, float(first), f.code.value)
 
 
+def _describe(e: BaseException, limit: int = 300) -> str:
+    """``ExceptionType: message`` on one line, shortened: it goes into a report line."""
+    msg = " ".join(str(e).split())
+    if len(msg) > limit:
+        msg = msg[:limit - 1] + "…"
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 def _fixes(rule: Rule, f: Finding, run: Run, th: Thresholds) -> tuple[Fix, ...]:
     return tuple(fx for fx in rule.fixes(f, run, th) if fx is not None)
 
@@ -79,7 +87,9 @@ def diagnose(run: Run, thresholds: Thresholds | None = None, *, ignore: Iterable
              baseline_error: float | None = None) -> Diagnosis:
     """Run every rule on ``run``; findings sorted by severity (errors first), then by first step.
 
-    ``ignore`` takes finding codes (strings such as ``"dead_relu"``); ignored rules do not run and appear
+    A rule (or its fixes) that raises does not abort the diagnosis: it is reported among the rules not
+    evaluated as "rule failed: <ExceptionType>: <message>" (a finding whose fixes failed is kept, without
+    fixes). ``ignore`` takes finding codes (strings such as ``"dead_relu"``); ignored rules do not run and appear
     neither among the findings nor among the rules not evaluated. ``baseline_error`` (0..1, human-level or
     Bayes error) enables the full bias/variance analysis. A run without a gradscope log (TensorBoard scalars
     only) still gets the loss and fit rules; the others are reported as not evaluated.
@@ -93,12 +103,24 @@ def diagnose(run: Run, thresholds: Thresholds | None = None, *, ignore: Iterable
     for code, rule in RULES.items():
         if code in ignored:
             continue
-        result = rule(run, th, ctx)      # checks the rule's needs first
+        # A rule that raises is a gradscope bug on an unusual log, never a reason to lose the rest of the
+        # report: it becomes "not evaluated" with the exception, and the other rules still run.
+        try:
+            result = rule(run, th, ctx)      # checks the rule's needs first
+        except Exception as e:   # any bug in one rule: the report says which and what
+            not_evaluated.append(NotEvaluated(code, f"rule failed: {_describe(e)}"))
+            continue
         if isinstance(result, NotEvaluated):
             not_evaluated.append(result)
             continue
         for f in result:
-            ctx.findings.append(replace(f, fixes=_fixes(rule, f, run, th)))
+            try:
+                fixes = _fixes(rule, f, run, th)
+            except Exception as e:   # the verdict stands; only its fixes are lost
+                not_evaluated.append(NotEvaluated(code, f"rule failed: fixes: {_describe(e)} (the finding is "
+                                                        f"reported without fixes)"))
+                fixes = ()
+            ctx.findings.append(replace(f, fixes=fixes))
     findings = tuple(sorted(ctx.findings, key=_sort_key))
     return Diagnosis(run=run, findings=findings, not_evaluated=tuple(not_evaluated),
                      baseline_error=ctx.baseline_error, notes=_notes(run), thresholds=th, ignored=ignored)
