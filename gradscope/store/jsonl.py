@@ -272,7 +272,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str | None, bool]]:
             yield lineno, raw.decode("utf-8", "replace"), raw.endswith(b"\n")
 
 
-def _records(p: Path, problems: list[str]) -> Iterator[tuple[int, dict[str, Any], bool]]:
+def _records(p: Path, problems: validate.ProblemList) -> Iterator[tuple[int, dict[str, Any], bool]]:
     """The JSON objects of the file with their line numbers; lines that are too long, too deep, not JSON or
     not an object become problems here, before any of their content is used."""
     for lineno, line, complete in _lines(p):
@@ -322,7 +322,7 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
     if not p.is_file():
         raise LogError(f"{p}: no such log file")
     log: RawLog | None = None
-    problems: list[str] = []
+    problems = validate.ProblemList()
     layer_rows: list[np.ndarray] = []
     param_rows: list[np.ndarray] = []
     unknown: set[str] = set()
@@ -380,7 +380,7 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
                     problems.append(f"{where}: a second header (two runs written into one file?); the steps "
                                     "after it are not merged into the first run's")
                     last_step = _AFTER_SECOND_HEADER
-                elif kind not in unknown:
+                elif kind not in unknown and len(unknown) < validate.MAX_PROBLEMS:
                     unknown.add(kind)
                     problems.append(f"{where}: unknown record kind {validate.text(kind, 'kind')[:40]!r} (from a "
                                     "newer gradscope?); records of this kind skipped")
@@ -391,14 +391,14 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
         raise LogError(f"{p}: cannot read ({e.strerror or e})") from None
     if log is None:
         raise LogError(f"{p}: empty log, no gradscope header" if not problems else problems[0])
-    log.problems = problems
+    log.problems = problems.close(p)
     h = log.header
     log.layer_array = (np.stack(layer_rows) if layer_rows
                        else np.zeros((0, len(h.layers), len(h.layer_fields)), dtype=np.float32))
     log.param_array = (np.stack(param_rows) if param_rows
                        else np.zeros((0, len(h.params), len(h.param_fields)), dtype=np.float32))
     if warn:
-        for msg in problems:
+        for msg in log.problems:
             warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
     return log
 

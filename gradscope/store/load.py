@@ -43,7 +43,7 @@ def load_run(run_dir: str | os.PathLike[str], *, name: str | None = None, warn: 
     run = merge_ranks(runs) if len(runs) > 1 else (runs[0] if runs else Run(name=name or d.name, path=d, header=None))
     if name is not None:
         run.name = name
-    scalars = read_scalars(d, warn=warn)
+    scalars = read_scalars(d, warn=warn, problems_out=run.problems)
     for key, series in canonical_metrics(scalars).items():
         # The user's scope.log() wins over a TensorBoard tag of the same meaning: it is the explicit one.
         run.metrics.setdefault(key, series)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from gradscope.errors import GradscopeWarning
+from gradscope.store import validate
 from gradscope.store.run import Series
 
 EVENT_FILE_MARKER = "events.out.tfevents."
@@ -171,12 +172,14 @@ def is_gradscope_tag(tag: str) -> bool:
     return tag.startswith(GRADSCOPE_TAG_PREFIXES)
 
 
-def read_scalars(run_dir: str | os.PathLike[str], *, warn: bool = True) -> dict[str, Series]:
+def read_scalars(run_dir: str | os.PathLike[str], *, warn: bool = True,
+                 problems_out: list[str] | None = None) -> dict[str, Series]:
     """Every scalar tag of the user's in ``run_dir``'s event files, as ``Series`` sorted by step.
 
     A step written twice (a resumed run, a second event file) keeps the later value. Tags gradscope writes
     itself (``GRADSCOPE_TAG_PREFIXES``) are skipped. A truncated or corrupt file gives one
-    ``GradscopeWarning`` naming it (when ``warn``), and the records before the damage are kept.
+    ``GradscopeWarning`` naming it (when ``warn``), and the records before the damage are kept; the same lines
+    are appended to ``problems_out`` when given (the loader puts them into the run's problems).
     """
     files = event_files(run_dir)
     if not files:
@@ -189,14 +192,17 @@ def read_scalars(run_dir: str | os.PathLike[str], *, warn: bool = True) -> dict[
                  types_pb2.DT_UINT8}
     plugin_of: dict[str, str] = {}
     points: dict[str, dict[int, float]] = {}
-    problems: list[str] = []
+    problems = validate.ProblemList()
     for path in files:
         try:
             _read_file(path, problems, points, plugin_of, float_types, int_types)
         except OSError as e:
             problems.append(f"{path}: cannot read ({e.strerror or e})")
+    lines = problems.close(Path(run_dir))
+    if problems_out is not None:
+        problems_out.extend(lines)
     if warn:
-        for msg in problems:
+        for msg in lines:
             warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
     out: dict[str, Series] = {}
     for tag, by_step in sorted(points.items()):

@@ -71,8 +71,46 @@ ROW_RANGES: dict[str, tuple[float, float]] = {
 outside it is read as missing (NaN). Fields not listed (``mean``) only have to be numbers."""
 
 
+LOAD_MEMORY_FACTOR = 64
+LOAD_MEMORY_BASE = 4 * 2**20
+"""The promise on memory: loading a log and diagnosing it peaks at no more than
+``LOAD_MEMORY_FACTOR × log size + LOAD_MEMORY_BASE`` bytes (Python and numpy allocations), whatever the log
+holds; tests/store/test_reader.py holds it on crafted logs (measured worst: ~45×, 40,000 metric names in one
+record). Parsing one JSON line alone costs up to ~30× the line in Python objects, hence the factor; the base
+is what the first report of a process allocates whatever the log (~1.2 MB, mostly lazily imported rules)."""
+
+MAX_PROBLEMS = 50
+"""Problem lines kept per file; later ones are only counted ("... and N more"). A log of a million damaged
+lines must not produce a million lines of report, nor hold them in memory (a problem line is ~100× the size
+of a 2-byte damaged line)."""
+
+
+class ProblemList(list[str]):
+    """A list of problem lines that keeps the first ``MAX_PROBLEMS`` and counts the rest; ``close(source)``
+    adds the count as a last line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.more = 0
+
+    def append(self, msg: str) -> None:
+        if len(self) < MAX_PROBLEMS:
+            super().append(msg)
+        else:
+            self.more += 1
+
+    def close(self, source: object) -> list[str]:
+        out = list(self)
+        if self.more:
+            out.append(f"{source}: {self.more} more problems like these (only the first {MAX_PROBLEMS} listed)")
+        return out
+
+
 class BadRecord(ValueError):
     """A record that does not match the schema; the message says which field and why (one line)."""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # --- scalars ---------------------------------------------------------------------------------------------
@@ -84,11 +122,8 @@ def text(v: Any, what: str) -> str:
         raise BadRecord(f"{what}: expected a string, got {kind_of(v)}")
     if v.isascii():
         return v
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:
-        return v.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return v
+    # After json.loads a valid pair is already one character: any surrogate left is a lone one.
+    return _SURROGATE.sub("\ufffd", v)
 
 
 def opt_text(v: Any, what: str) -> str | None:
