@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -49,6 +50,12 @@ __all__ = ["CLIPPING_NOTE", "JSON_SCHEMA", "SPARK_WIDTH", "LayerRow", "Report", 
 
 JSON_SCHEMA = 1
 """Version of the JSON report shape (docs/json-format.md). Bumped only when a consumer would misread it."""
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""Characters ``json.dumps(ensure_ascii=False)`` writes raw that a terminal or an editor acts on: DEL, the C1
+controls (U+009B is a CSI), line separators and bidi overrides. They only occur inside strings, where a
+``\\uXXXX`` escape means the same character."""
 
 
 def jsonable(x: Any) -> Any:
@@ -176,8 +183,11 @@ class Report:
                 "problems": list(self._problems)}
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        """Strict JSON (NaN and ±Inf become null; ``allow_nan=False`` proves it)."""
-        return json.dumps(jsonable(self.to_dict()), indent=indent, allow_nan=False, ensure_ascii=False)
+        """Strict JSON (NaN and ±Inf become null; ``allow_nan=False`` proves it). Names stay exact, but no
+        control character is written raw: ``json.dumps`` escapes C0, and ``_JSON_UNSAFE`` the rest, so
+        ``--format json`` on a terminal cannot drive it."""
+        doc = json.dumps(jsonable(self.to_dict()), indent=indent, allow_nan=False, ensure_ascii=False)
+        return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", doc)
 
     # -- the text and Markdown views --
 

@@ -2,7 +2,9 @@
 
 ``build_document`` turns diagnoses into a ``Document`` — per run a ``Summary``, ``Findings``, a
 ``LayerTable``, ``NotEvaluatedList``, ``Notes`` and ``Problems`` (each present only when it has something to
-say) — with every number already formatted and every string from the log already ``clean``ed. The rich
+say) — with every number already formatted and every string from the log already cleaned: no control character,
+no lone surrogate, and one line (a message is one line; a name with a newline must not forge a second one,
+in the terminal or in Markdown). Only a fix's code snippet keeps its lines. The rich
 renderer (``gradscope.show.text``) and the Markdown renderer (``gradscope.show.markdown``) only lay these
 out, so the two can no longer drift apart on what a report contains; the JSON export (``Report.to_dict``)
 shares ``layer_rows`` and ``metrics_summary`` with them.
@@ -287,10 +289,10 @@ def _summary(d: Diagnosis) -> Summary:
 
 def _finding_view(f: Finding) -> FindingView:
     return FindingView(
-        severity=f.severity, code=f.code.value, title=clean_line(f.title), message=clean(f.message),
+        severity=f.severity, code=f.code.value, title=clean_line(f.title), message=clean_line(f.message),
         layers=tuple(clean_line(la) for la in f.layers),
         steps=steps_text(f.steps) if f.steps is not None else None, confidence=f"{f.confidence:.2f}",
-        fixes=tuple(FixView(kind=fx.kind.value, summary=clean(fx.summary), code=clean(fx.code or ""))
+        fixes=tuple(FixView(kind=fx.kind.value, summary=clean_line(fx.summary), code=clean(fx.code or ""))
                     for fx in f.fixes))
 
 
@@ -316,10 +318,10 @@ def run_sections(d: Diagnosis, problems: Sequence[str]) -> RunSections:
     if table is not None:
         out.append(table)
     if d.not_evaluated:
-        out.append(NotEvaluatedList(tuple((ne.code.value, clean(ne.reason)) for ne in d.not_evaluated)))
+        out.append(NotEvaluatedList(tuple((ne.code.value, clean_line(ne.reason)) for ne in d.not_evaluated)))
     notes = report_notes(d)
     if notes:
-        out.append(Notes(tuple(clean(n) for n in notes)))
+        out.append(Notes(tuple(clean_line(n) for n in notes)))
     if problems:
         out.append(Problems(tuple(clean_line(p) for p in problems)))
     return RunSections(tuple(out))
