@@ -167,3 +167,18 @@ def test_code_span_fence_outgrows_the_content(raw: str, expected: str) -> None:
 ])
 def test_prose_escaping(raw: str, expected: str) -> None:
     assert markdown.text(raw) == expected
+
+
+def test_stderr_lines_carry_no_escape_sequence(tmp_path: Path) -> None:
+    """The warning and error lines quote paths: a folder name must not drive the terminal there either."""
+    from tests.logfactory import corrupt_line
+
+    run_dir = tmp_path / "evil\x1b]0;title\x07\x1b[2J"
+    corrupt_line(write_log(run_dir, steps=5), 3)
+    r = cli("report", run_dir, "--fail-on", "never")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith("warning: ") and "corrupt record" in r.stderr
+    _no_control_bytes(r.stderr)
+    missing = cli("report", tmp_path / "gone\x1b[2J\udcff")
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: ")
+    _no_control_bytes(missing.stderr)
