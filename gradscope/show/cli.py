@@ -96,12 +96,10 @@ def _internal(e: BaseException) -> str:
     return f"internal error: {what} (GRADSCOPE_TRACEBACK=1 shows where; please report it)"
 
 
-def _error_line(e: click.ClickException, ctx: click.Context | None) -> str:
+def _error_line(e: click.ClickException) -> str:
     line = "error: " + _one_line(e)
-    if isinstance(e, click.UsageError):
-        sub = e.ctx or ctx
-        if sub is not None:   # click's own hint, on the same line instead of two more
-            line += f" (see '{sub.command_path} {sub.help_option_names[0]}')"
+    if isinstance(e, click.UsageError) and e.ctx is not None:   # click's hint, on this line, not two more
+        line += f" (see '{e.ctx.command_path} {e.ctx.help_option_names[0]}')"
     return line
 
 
@@ -117,7 +115,7 @@ class _Group(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as e:
-            _die(_error_line(e, None), e.exit_code if e.exit_code not in (EXIT_OK, EXIT_FINDINGS)
+            _die(_error_line(e), e.exit_code if e.exit_code not in (EXIT_OK, EXIT_FINDINGS)
                  else EXIT_BAD_INPUT)
         except click.Abort:
             _die("error: interrupted", EXIT_INTERRUPTED)
