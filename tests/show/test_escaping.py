@@ -182,3 +182,36 @@ def test_stderr_lines_carry_no_escape_sequence(tmp_path: Path) -> None:
     missing = cli("report", tmp_path / "gone\x1b[2J\udcff")
     assert missing.exit_code == 2 and missing.stderr.startswith("error: ")
     _no_control_bytes(missing.stderr)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_terminal_output_on_a_real_tty(evil_dir: Path) -> None:
+    """On a terminal the report is coloured by rich: gradscope's own styles, but no sequence from a name."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "200", "LINES": "50", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    chunks = []
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "gradscope", "report", os.fsencode(evil_dir),
+                                 "--fail-on", "never"], stdout=follower, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+        os.close(follower)
+        # Read while it writes: a pseudo-terminal holds only a few KB, a child writing more would block.
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:   # EIO: the child closed the terminal and everything has been read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        stderr = proc.stderr.read() if proc.stderr else b""
+        proc.wait(timeout=120)
+    finally:
+        os.close(leader)
+    out = b"".join(chunks).decode("utf-8")
+    assert proc.returncode == 0, stderr.decode("utf-8", "replace")
+    assert "\x1b[" in out                                  # coloured: this is the terminal path
+    assert "\x1b]" not in out and "\x1b[2J" not in out and "\x07" not in out and "\x9b" not in out
+    assert "[link=https://evil.example]click[/link]" in out
