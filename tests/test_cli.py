@@ -339,3 +339,25 @@ def test_python_m_gradscope_report_without_torch(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.startswith("## gradscope report:")
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "json"])
+def test_a_non_utf8_terminal_gets_question_marks_not_a_crash(tmp_path: Path, fmt: str) -> None:
+    import os
+
+    write_log(tmp_path, steps=10)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run([sys.executable, "-m", "gradscope", "report", str(tmp_path), "--format", fmt,
+                           "--fail-on", "never"], capture_output=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b""
+    proc.stdout.decode("ascii")   # every byte is ASCII: the sparkline and dashes became "?"
+    assert b"gradscope report" in proc.stdout or b'"schema": 1' in proc.stdout
+
+
+def test_python_m_gradscope_bad_option_is_one_line(tmp_path: Path) -> None:
+    write_log(tmp_path, steps=3)
+    proc = subprocess.run([sys.executable, "-m", "gradscope", "report", str(tmp_path), "--ignore", "dead_reul"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "dead_relu" in proc.stderr
