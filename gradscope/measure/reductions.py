@@ -84,11 +84,12 @@ allocates a buffer the size of the activation; the count only has to say "some" 
 output held any NaN/Inf at all is exact anyway: the full Σx and Σx² (and min/max) propagate it, which makes
 the recorded mean/variance non-finite."""
 
-DERIVATIVE_CHUNK = 1 << 16
-"""The saturation derivative is computed over slices of at most 65536 elements (whole rows/samples) of a
-layer's output: exact over every element, while the fp32 temporaries it needs (tanh, its square, ...) stay
-at 256 KiB each however large the activation, instead of several fp32 copies of it at the moment the forward
-pass holds the most memory. Outputs up to this size take one slice (the common case: a few ops)."""
+DERIVATIVE_SAMPLE = 1 << 19
+"""The saturation derivative (a per-unit mean of act'(x)) is taken over all of an output up to 524288
+elements, and over evenly spaced rows (samples, positions) of larger ones, every unit in each: the mean of
+≥ 512K/U values per unit estimates a per-unit mean derivative in [0, 1] to well under the 0.1 threshold it is
+compared with, while the fp32 temporaries it needs (tanh, its square, ...) stay under 2 MiB each however large
+the activation (they were several fp32 copies of it, at the moment the forward pass holds the most memory)."""
 
 _DIMS_CACHE: dict[tuple[int, int], tuple[int, ...]] = {}
 
@@ -161,26 +162,26 @@ def _dense(x: torch.Tensor) -> bool:
 
 
 def accumulate_output(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str | None) -> None:
-    """Add one forward call's output ``x`` to ``acc``. Runs under no_grad inside the forward hook.
+    """Add one forward call's output ``x`` to ``acc``. Runs under no_grad inside the forward hook (so no
+    ``detach``: nothing here is recorded by autograd).
 
     A handful of reductions over ``x`` in its own dtype, each accumulating in fp32 where it sums, and none
     materializing an fp32 copy of a bf16/fp16 activation (the ``.to(float32)`` copies were a third of a
-    recorded step's device time on a bf16 GPU model): Σx (``sum(dtype=float32)``), Σx² (an fp32
-    ``vector_norm``, squared), min/max (``aminmax``, exact in any dtype), the non-zero count, the per-unit max
-    (exact over every sample: dead units need it) and the NaN/Inf count on a bounded sample
-    (``NONFINITE_SAMPLE``). All are exact except that count.
+    recorded step's device time on a bf16 GPU model): Σx (``sum(dtype=float32)``), Σx² (``dot`` for a
+    contiguous fp32 output, else an fp32 ``vector_norm`` squared), min/max (``aminmax``, exact in any dtype),
+    the non-zero count, the per-unit max (exact over every sample: dead units need it) and the NaN/Inf count
+    on a bounded sample (``NONFINITE_SAMPLE``). All are exact except that count and, for outputs over
+    ``DERIVATIVE_SAMPLE`` elements, the saturation derivative.
     """
-    xd = x.detach()
-    n = xd.numel()
+    n = x.numel()
     if n == 0:
-        lo = hi = s = ss = xd.new_zeros((), dtype=_F32)
-        nonzero = nonfinite = xd.new_zeros((), dtype=_F32)
+        lo = hi = s = ss = nonzero = nonfinite = x.new_zeros((), dtype=_F32)
     else:
-        s = xd.sum(dtype=_F32)
-        ss = torch.linalg.vector_norm(xd, dtype=_F32).square()
-        lo, hi = torch.aminmax(xd)
-        nonzero = torch.count_nonzero(xd)
-        sample, scale = _strided_sample(xd, NONFINITE_SAMPLE)
+        s = x.sum(dtype=_F32)
+        ss = _sum_of_squares(x)
+        lo, hi = torch.aminmax(x)
+        nonzero = torch.count_nonzero(x)
+        sample, scale = _strided_sample(x, NONFINITE_SAMPLE)
         # finite - finite = 0, Inf - Inf = NaN, NaN stays NaN: non-zero exactly at the NaN/Inf elements.
         nonfinite = torch.count_nonzero(sample - sample)
         if scale != 1.0:
@@ -193,13 +194,22 @@ def accumulate_output(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str
     acc.nonfinite = _add(acc.nonfinite, nonfinite)
     acc.count += n
     acc.calls += 1
-    umax = _per_unit(xd, unit_dim, "amax")           # (U,), in x's dtype
+    umax = _per_unit(x, unit_dim, "amax")           # (U,), in x's dtype
     if acc.unit_max is None or acc.unit_max.shape != umax.shape:
         acc.unit_max = umax
     else:
         acc.unit_max = torch.maximum(acc.unit_max, umax)
     if act in _SAT_DERIVATIVE:
-        _accumulate_derivative(acc, xd, unit_dim, act)
+        _accumulate_derivative(acc, x, unit_dim, act)
+
+
+def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:
+    """Σx² in fp32 as one kernel: ``dot`` of a contiguous fp32 tensor with itself (a view, no copy), else an
+    fp32-accumulating ``vector_norm`` (no fp32 copy of a bf16/fp16 tensor on a GPU), squared."""
+    if x.dtype == _F32 and x.is_contiguous():
+        flat = x.view(-1)
+        return torch.dot(flat, flat)
+    return torch.linalg.vector_norm(x, dtype=_F32).square()
 
 
 def accumulate_derivative(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str) -> None:
@@ -208,28 +218,30 @@ def accumulate_derivative(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act:
         _accumulate_derivative(acc, x.detach(), unit_dim, act)
 
 
-def _derivative_chunks(x: torch.Tensor, unit_dim: int) -> list[torch.Tensor]:
-    """``x`` cut along a non-unit dim into slices of at most ``DERIVATIVE_CHUNK`` elements (views, no copy).
-    A single slice that is still larger (one sample of a huge feature map) is used whole."""
-    if x.numel() <= DERIVATIVE_CHUNK or x.dim() < 2:
-        return [x]
+def _row_sample(x: torch.Tensor, unit_dim: int, limit: int) -> torch.Tensor:
+    """``x`` itself when it has at most ``limit`` elements, else a view of evenly spaced rows (indices along
+    the leading non-unit dim; for a single huge sample, evenly spaced positions of its trailing dims) that
+    keeps every unit and at most ~``limit`` elements."""
+    n = x.numel()
+    if n <= limit or x.dim() < 2:
+        return x
     d = unit_dim % x.dim()
     cut = 0 if d != 0 else 1
-    per_slice = max(x.numel() // max(x.shape[cut], 1), 1)
-    rows = max(DERIVATIVE_CHUNK // per_slice, 1)
-    return list(x.split(rows, dim=cut))
+    rows = x.shape[cut]
+    per_row = n // max(rows, 1)
+    if per_row <= limit:
+        return x[(slice(None),) * cut + (slice(None, None, -(-rows * per_row // limit)),)]
+    # One row is already over the budget (batch 1, a huge feature map): thin out a trailing dim as well.
+    part = x.narrow(cut, 0, 1)
+    last = part.dim() - 1 if d != part.dim() - 1 else part.dim() - 2
+    step = -(-part.numel() // limit)
+    return part[(slice(None),) * last + (slice(None, None, step),)]
 
 
 def _accumulate_derivative(acc: LayerAcc, x: torch.Tensor, unit_dim: int, act: str) -> None:
-    fn = _SAT_DERIVATIVE[act]
-    dsum: torch.Tensor | None = None
-    for part in _derivative_chunks(x, unit_dim):
-        pf = part.to(_F32)   # one bounded fp32 slice (a no-op for fp32 activations)
-        ds = _per_unit(fn(pf), unit_dim, "sum")
-        dsum = ds if dsum is None else dsum + ds
-    if dsum is None:
-        return
-    n = x.numel() // max(dsum.numel(), 1)                           # elements per unit
+    part = _row_sample(x, unit_dim, DERIVATIVE_SAMPLE)
+    dsum = _per_unit(_SAT_DERIVATIVE[act](part.to(_F32)), unit_dim, "sum")      # (U,), bounded temporaries
+    n = part.numel() // max(dsum.numel(), 1)                                    # elements per unit
     if not n:
         return
     if acc.unit_dsum is None or acc.unit_dsum.shape != dsum.shape:
@@ -239,8 +251,9 @@ def _accumulate_derivative(acc: LayerAcc, x: torch.Tensor, unit_dim: int, act: s
 
 
 def accumulate_grad(acc: LayerAcc, g: torch.Tensor) -> None:
-    """Add the squared norm of one output gradient, accumulated in fp32 without an fp32 copy of it."""
-    acc.gsq = _add(acc.gsq, torch.linalg.vector_norm(g.detach(), dtype=_F32).square())
+    """Add the squared norm of one output gradient, accumulated in fp32 without an fp32 copy of it. Runs under
+    no_grad in the gradient hook."""
+    acc.gsq = _add(acc.gsq, _sum_of_squares(g))
 
 
 def finite_probe(x: torch.Tensor) -> torch.Tensor:
@@ -248,23 +261,33 @@ def finite_probe(x: torch.Tensor) -> torch.Tensor:
     return x.detach().sum(dtype=_F32)
 
 
+INPUT_SAMPLE = 1 << 16
+"""Input moments (mean, std, per-feature std and mean) are taken in fp64 over all of an input up to 65536
+elements and over evenly spaced rows (every feature in each) of a larger one: an fp64 copy of a whole large
+batch (8 bytes per element, at the start of the forward pass) costs memory and time, while 65536 values pin
+a mean/std to ~0.5% and the input rules compare scales in decades. Min and max stay exact (``aminmax`` on
+the whole input, in its own dtype)."""
+
+
 def input_stats(x: torch.Tensor) -> torch.Tensor:
     """[count, mean, std, min, max, feature_std_min, feature_std_max, feature_mean_absmax] as one fp64 vector.
 
     Features are the last dim of a 2-D/3-D input and the channel dim of a 4-D/5-D one. fp64: raw inputs
-    (pixel values in 0..255, prices, counts) are exactly where fp32 moments cancel.
+    (pixel values in 0..255, prices, counts) are exactly where fp32 moments cancel. Moments come from at
+    most ``INPUT_SAMPLE`` elements (exact below that); count, min and max from the whole input.
     """
-    xd = x.detach().to(torch.float64)
+    xd = x.detach()
     n = xd.numel()
     if n == 0:
         return torch.full((8,), float("nan"), dtype=torch.float64, device=xd.device)
     unit_dim = 1 if xd.dim() >= 4 else -1
-    units = _unit_view(xd, unit_dim) if xd.dim() >= 2 else xd.reshape(1, -1)
+    lo, hi = torch.aminmax(xd)
+    part = _row_sample(xd, unit_dim, INPUT_SAMPLE).to(torch.float64)
+    units = _unit_view(part, unit_dim) if part.dim() >= 2 else part.reshape(1, -1)
     fvar, fmean = torch.var_mean(units, dim=1, correction=0)
     fstd = fvar.sqrt()
-    var, mean = torch.var_mean(xd, correction=0)
-    lo, hi = torch.aminmax(xd.reshape(-1))
+    var, mean = torch.var_mean(part, correction=0)
     return torch.stack([
-        torch.full((), float(n), dtype=torch.float64, device=xd.device), mean, var.sqrt(), lo, hi,
-        fstd.min(), fstd.max(), fmean.abs().max(),
+        torch.full((), float(n), dtype=torch.float64, device=xd.device), mean, var.sqrt(), lo.double(),
+        hi.double(), fstd.min(), fstd.max(), fmean.abs().max(),
     ])
