@@ -343,7 +343,7 @@ def rows(packed: Any, n_rows: int, fields: tuple[str, ...], what: str) -> np.nda
                             f"{n_rows}×{width} numbers need {4 * ((n_bytes + 2) // 3)}")
         try:
             raw = binascii.a2b_base64(packed, strict_mode=True)
-        except binascii.Error as e:
+        except ValueError as e:   # binascii.Error, and non-ASCII text
             raise BadRecord(f"{what}: packed rows are not base64 ({e})") from None
         if len(raw) != n_bytes:
             raise BadRecord(f"{what}: packed rows hold {len(raw)} bytes, expected {n_bytes}")
@@ -403,6 +403,8 @@ def kind_of(v: Any) -> str:
 
 
 def short_num(v: float) -> str:
+    """A number for a message: short even when it has thousands of digits."""
     if isinstance(v, int) and abs(v) >= 10**15:
-        return f"a {len(str(abs(v)))}-digit integer"
+        digits = len(str(abs(v)))
+        return f"{float(v):.3g}" if digits < 300 else f"a {digits}-digit integer"
     return repr(v)[:30]

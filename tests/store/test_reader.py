@@ -55,8 +55,8 @@ def _crafted() -> dict[str, list[Any]]:
                          "layer_fields": [f"f{i}" for i in range(15000)]},
                         {"kind": "step", "step": 0, "layers": []}],
         "null_rows": [many, *({"kind": "step", "step": s, "layers": [None] * n_layers} for s in range(4))],
-        "empty_rows": [many, *('{"kind":"step","step":%d,"layers":[%s]}' % (s, ",".join(["[]"] * n_layers))
-                               for s in range(4))],
+        "empty_rows": [many, *('{"kind":"step","step":' + str(s) + ',"layers":[' + ",".join(["[]"] * n_layers)
+                               + "]}" for s in range(4))],
         "wrong_row_count": [many, *({"kind": "step", "step": s, "layers": [None]} for s in range(2000))],
         "packed_size_lies": [many, *({"kind": "step", "step": s, "layers": "AAAA"} for s in range(2000))],
         "many_steps": [one, *({"kind": "step", "step": s, "layers": [[1]]} for s in range(3000))],
@@ -176,8 +176,8 @@ def test_lone_surrogate_in_a_name_is_kept_as_data(tmp_path: Path) -> None:
     h["model"] = "M\udfff"
     text = json.dumps(h, separators=(",", ":"))   # ensure_ascii: the surrogate travels as \\ud800
     assert "\\ud800" in text
-    path = _write_lines(tmp_path, [text, {"kind": "activations", "acts": {"fc\ud8001": "relu\udc00"}},
-                                   _step(0), {"kind": "metrics", "step": 0, "values": {"lo\ud800ss": 1.0}}])
+    _write_lines(tmp_path, [text, {"kind": "activations", "acts": {"fc\ud8001": "relu\udc00"}},
+                            _step(0), {"kind": "metrics", "step": 0, "values": {"lo\ud800ss": 1.0}}])
     run = load_run(tmp_path)
     assert run.layers[0].name == "fc\ufffd1" and run.layers[0].act == "relu\ufffd"
     assert run.header is not None and run.header.model == "M\ufffd"
