@@ -15,6 +15,7 @@ has no deterministic CUDA kernel (``NONDETERMINISTIC_CUDA_OPS``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -142,6 +143,9 @@ def _strided_sample(x: torch.Tensor, limit: int) -> tuple[torch.Tensor, float]:
         return x.reshape(-1), 1.0
     if _dense(x):
         step = -(-n // limit)   # ceil: at most ``limit`` picks
+        inner = min((sz for st, sz in zip(x.stride(), x.shape, strict=True) if st == 1 and sz > 1), default=1)
+        while math.gcd(step, inner) != 1:
+            step += 1   # a step sharing a factor with the innermost dim would skip features/channels
         k = -(-n // step)
         return x.as_strided((k,), (step,), x.storage_offset()), n / k
     rows = max(limit // max(n // x.shape[0], 1), 1)
