@@ -399,7 +399,8 @@ def kind_of(v: Any) -> str:
         return "a boolean"
     if isinstance(v, (int, float)):
         return short_num(v)
-    return {str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+    names: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(v), type(v).__name__)
 
 
 def short_num(v: float) -> str:

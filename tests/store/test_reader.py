@@ -332,3 +332,18 @@ def test_tensorboard_problems_reach_the_run(tmp_path: Path) -> None:
     with pytest.warns(GradscopeWarning):
         run = load_run(tmp_path)
     assert any("truncated" in p for p in run.problems)
+
+
+def test_store_never_unpickles_evaluates_or_imports_torch() -> None:
+    import ast
+
+    store = Path(validate.__file__).parent
+    for src in sorted(store.glob("*.py")):
+        tree = ast.parse(src.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom)
+                                                         and node.module else [])
+                assert not any(n.split(".")[0] in ("pickle", "torch", "marshal", "shelve") for n in names), src
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("eval", "exec"), src

@@ -215,3 +215,18 @@ def test_real_full_disk_on_a_64k_tmpfs(tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
+
+
+def test_report_finds_both_runs_of_two_concurrent_writers(tmp_path: Path) -> None:
+    from gradscope.store.load import load_runs
+
+    a = LogWriter.open(tmp_path)
+    with pytest.warns(GradscopeWarning):
+        b = LogWriter.open(tmp_path)
+    _write_steps(a, range(0, 3))
+    _write_steps(b, range(0, 5))
+    a.close()
+    b.close()
+    runs, problems = load_runs(tmp_path)
+    assert [(r.name, r.steps.size) for r in runs] == [(tmp_path.name, 3), ("run-2", 5)]
+    assert problems == []
