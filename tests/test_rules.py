@@ -182,7 +182,7 @@ def test_diagnosis_is_frozen_dataclass_with_tuple_fields() -> None:
 @pytest.mark.parametrize(("name", "path"), [
     ("fc2", "model.fc2"), ("encoder.0", "model.encoder[0]"),
     ("encoder.layers.3.linear1", "model.encoder.layers[3].linear1"), ("", "model"),
-    ("block.class", "getattr(model.block, 'class')"),
+    ("block.class", "model.get_submodule('block.class')"), ("a.01", "model.get_submodule('a.01')"),
 ])
 def test_module_path(name: str, path: str) -> None:
     assert module_path(name) == path

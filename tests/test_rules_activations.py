@@ -39,7 +39,7 @@ def test_dead_relu_fires_with_message_and_fixes(fraction: float, severity: Sever
     assert "nn.LeakyReLU(0.01)" in f.fixes[0].code
     assert 'nn.init.kaiming_normal_(model.fc2.weight, nonlinearity="relu")' in f.fixes[1].code
     assert "nn.init.zeros_(model.fc2.bias)" in f.fixes[1].code
-    assert "nn.BatchNorm1d(100)" in f.fixes[3].code
+    assert "model.fc2 = nn.Sequential(model.fc2, nn.BatchNorm1d(100, device=device))" in f.fixes[3].code
 
 
 def test_dead_relu_names_nested_layers_as_python_paths() -> None:
@@ -58,7 +58,7 @@ def test_dead_relu_in_conv_channels_suggests_batchnorm2d() -> None:
     set_layer(run, "dead", "conv2", 30)
     f = _found(run, Code.DEAD_RELU)[0]
     assert "30 of 32" not in f.message and "94% of 32 units" in f.message
-    assert any("nn.BatchNorm2d(32)" in fx.code for fx in f.fixes)
+    assert any("nn.BatchNorm2d(32, device=device)" in fx.code for fx in f.fixes)
 
 
 def test_dead_relu_threshold_override() -> None:

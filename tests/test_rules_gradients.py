@@ -205,7 +205,7 @@ def test_divergence_names_first_step_and_layer() -> None:
     assert f.layers == ("fc2",) and "step 30" in f.message and "fc2" in f.message
     kinds = [fx.kind for fx in f.fixes]
     assert kinds[:2] == [FixKind.LEARNING_RATE, FixKind.CLIPPING]
-    assert "lr=0.005" in f.fixes[0].code   # lr 0.05 × 0.1
+    assert "group[\"lr\"] = 0.005" in f.fixes[0].code   # lr 0.05 × 0.1, set in place
 
 
 def test_divergence_from_logged_loss_only() -> None:

@@ -108,8 +108,9 @@ def test_learning_rate_out_of_band(opt: str, lr: float, ratio: float, direction:
     assert f.evidence["suggested_lr"] == pytest.approx(suggested, rel=0.3)
     assert f"too {direction}" in f.message and opt in f.message
     fx = f.fixes[0]
-    assert fx.kind is FixKind.LEARNING_RATE and f"torch.optim.{opt}(model.parameters(), lr=" in fx.code
-    new_lr = float(fx.code.split("lr=")[1].rstrip(")"))
+    # set in place: the optimizer keeps its state and its other settings
+    assert fx.kind is FixKind.LEARNING_RATE and 'for group in optimizer.param_groups:\n    group["lr"] = ' in fx.code
+    new_lr = float(fx.code.split('group["lr"] = ')[1])
     assert new_lr == pytest.approx(suggested, rel=0.5)
 
 

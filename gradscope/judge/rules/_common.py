@@ -122,18 +122,34 @@ class Rule:
         return NotEvaluated(self.code, reason) if reason else self.func(run, th, ctx)
 
 
+def _attr_ok(part: str) -> bool:
+    return part.isascii() and part.isidentifier() and not keyword.iskeyword(part)
+
+
+def _index_ok(part: str) -> bool:
+    return part.isascii() and part.isdigit() and str(int(part)) == part
+
+
+def is_plain_path(name: str) -> bool:
+    """The qualified module name is a plain Python access path: ASCII identifiers and integer indices only
+    (what ``named_modules()`` gives for attributes and ``Sequential``/``ModuleList`` children). Layer names come
+    from the log, so a crafted one must never be pasted into a snippet as code."""
+    return not name or all(_attr_ok(p) or _index_ok(p) for p in name.split("."))
+
+
 def module_path(name: str, root: str = "model") -> str:
-    """Python access path of a qualified module name: "fc2" → model.fc2, "encoder.0" → model.encoder[0]."""
+    """Python access path of a qualified module name: "fc2" → model.fc2, "encoder.0" → model.encoder[0].
+
+    A name that is not a plain access path (a keyword, a non-ASCII or crafted name with quotes, calls or
+    newlines) becomes ``model.get_submodule('...')`` with the name as a ``repr()`` string literal: still a
+    valid expression, and the name is data, never code."""
     if not name:
         return root
+    if not is_plain_path(name):
+        return f"{root}.get_submodule({name!r})"
     out = root
     for part in name.split("."):
-        if part.isdigit():
-            out += f"[{part}]"
-        elif part.isidentifier() and not keyword.iskeyword(part):
-            out += f".{part}"
-        else:
-            out = f"getattr({out}, {part!r})"
+        out += f"[{part}]" if _index_ok(part) else f".{part}"
     return out
 
 

@@ -5,6 +5,12 @@ learning-rate change, clipping, a normalization layer, a re-initialization — i
 assume ``import torch``, ``from torch import nn``, the model bound to ``model`` and the optimizer to
 ``optimizer``; the numbers in them come from the run and from ``Thresholds`` fields (``fix_*``,
 ``clip_percentile``).
+
+Snippets are real Python (they compile, no ``…`` placeholders) and run against the model as it is: a layer is
+changed by assigning to its access path (``model.fc1 = nn.Sequential(model.fc1, nn.BatchNorm1d(64))``). Every
+string from the log (layer names and types, activation names) is either checked to be a plain access path
+(``is_plain_path``), mapped through a fixed table, or written as a ``repr()`` string literal: a crafted log
+cannot put code into a snippet.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from gradscope.judge.findings import Fix, FixKind
 from gradscope.judge.rules._common import (
     current_lr,
     early_count,
+    is_plain_path,
     label,
     module_path,
     nanmedian,
-    optimizer_name,
+    output_layer,
     weighted_layers,
 )
 from gradscope.judge.thresholds import Thresholds
@@ -28,6 +35,7 @@ from gradscope.store.run import Run
 from gradscope.store.schema import RELU_FAMILY, LayerInfo
 
 _SEQUENCE_TYPES = ("attention", "transformer", "lstm", "gru", "rnn", "embedding")
+_TUPLE_OUTPUT = ("lstm", "gru", "rnn", "multiheadattention")   # layers whose forward returns a tuple
 
 
 def sig(x: float, digits: int = 2) -> str:
@@ -65,8 +73,26 @@ def layer_info(run: Run, name: str) -> LayerInfo | None:
     return next((la for la in run.layers if la.name == name), None)
 
 
-def has_bias(run: Run, la: LayerInfo) -> bool:
-    return any(p.endswith("bias") for p in la.params) or any(p.name == f"{la.name}.bias" for p in run.params)
+def _param_names(run: Run, la: LayerInfo) -> set[str]:
+    return set(la.params) | {p.name for p in run.params if p.layer == la.name}
+
+
+def param_expr(run: Run, la: LayerInfo, attr: str) -> str | None:
+    """Expression for the parameter ``attr`` ("weight", "bias", or the main weight's own attribute) of ``la``,
+    or None when the layer has none. Plain names give ``model.fc1.weight``; anything else goes through
+    ``model.get_parameter('...')`` with the name as a string literal."""
+    if attr == "weight":
+        full = la.weight
+        if full is None:
+            return None
+    else:
+        full = f"{la.name}.{attr}" if la.name else attr
+        if full not in _param_names(run, la):
+            return None
+    owner, _, leaf = full.rpartition(".")
+    if owner == la.name and is_plain_path(la.name) and is_plain_path(leaf) and not leaf.isdigit():
+        return f"{module_path(la.name)}.{leaf}"
+    return f"model.get_parameter({full!r})"
 
 
 def units(run: Run, la: LayerInfo) -> int | None:
@@ -80,34 +106,68 @@ def units(run: Run, la: LayerInfo) -> int | None:
     return la.fan_out if la.type.lower() == "linear" else None
 
 
-def norm_layer(run: Run, la: LayerInfo) -> str:
-    """The normalization layer for ``la``'s output: BatchNorm{1,2,3}d for convolutions, LayerNorm in sequence
-    models, BatchNorm1d otherwise."""
-    n = units(run, la)
-    size = str(n) if n else "num_features"
+def _conv_dims(la: LayerInfo) -> str | None:
     t = la.type.lower()
-    if t.startswith("conv") and t[-2:] in ("1d", "2d", "3d"):
-        return f"nn.BatchNorm{t[-2:]}({size})"
+    return t[-2:] if t.startswith("conv") and t[-2:] in ("1d", "2d", "3d") else None
+
+
+def norm_layer(run: Run, la: LayerInfo) -> str | None:
+    """Code for the normalization layer of ``la``'s output: BatchNorm{1,2,3}d for convolutions, LayerNorm in
+    sequence models, BatchNorm1d otherwise; None when the number of units is unknown."""
+    n = units(run, la)
+    if not n:
+        return None
+    dims = _conv_dims(la)
+    if dims is not None:
+        return f"nn.BatchNorm{dims}({n}, device=device)"
     if any(any(k in x.type.lower() for k in _SEQUENCE_TYPES) for x in run.layers):
-        return f"nn.LayerNorm({size})"
-    return f"nn.BatchNorm1d({size})"
+        return f"nn.LayerNorm({n}, device=device)"
+    return f"nn.BatchNorm1d({n}, device=device)"
+
+
+def wrappable(la: LayerInfo) -> bool:
+    """``la`` can be replaced by ``nn.Sequential(la, ...)`` in code: a plain access path, and a layer whose
+    output is one tensor (recurrent layers and attention return tuples)."""
+    t = la.type.lower()
+    return bool(la.name) and is_plain_path(la.name) and not any(k in t for k in _TUPLE_OUTPUT)
+
+
+DEVICE_LINE = "device = next(model.parameters()).device"
+REBUILD_OPTIMIZER = "# then re-create the optimizer: it does not hold the new layers' parameters"
+
+
+def wrap_lines(la: LayerInfo, new: str, *, before: bool = False) -> list[str]:
+    """``model.fc1 = nn.Sequential(model.fc1, <new>)`` (``before``: the new module first), or a comment naming
+    the layer by a string literal when it cannot be replaced in code."""
+    path = module_path(la.name)
+    if not wrappable(la):
+        return [f"# wrap the layer {la.name!r} in nn.Sequential, with {new.replace(', device=device', '')} "
+                f"{'before' if before else 'after'} it"]
+    inner = f"{new}, {path}" if before else f"{path}, {new}"
+    return [f"{path} = nn.Sequential({inner})"]
+
+
+_INIT_NONLINEARITY = {"tanh": "tanh", "sigmoid": "sigmoid"}
 
 
 def init_lines(run: Run, la: LayerInfo, act: str | None = None) -> list[str]:
     """``nn.init`` calls matching the activation after ``la`` (He, Glorot with gain, LeCun for SELU)."""
-    path = module_path(la.name)
+    w = param_expr(run, la, "weight")
+    if w is None:
+        return []
     a = (act if act is not None else la.act or "").lower()
     if a == "selu":
-        lines = [f'nn.init.kaiming_normal_({path}.weight, nonlinearity="linear")  # LeCun normal for SELU']
+        lines = [f'nn.init.kaiming_normal_({w}, nonlinearity="linear")  # LeCun normal for SELU']
     elif a == "leaky_relu":
-        lines = [f'nn.init.kaiming_normal_({path}.weight, a=0.01, nonlinearity="leaky_relu")']
+        lines = [f'nn.init.kaiming_normal_({w}, a=0.01, nonlinearity="leaky_relu")']
     elif a in RELU_FAMILY:
-        lines = [f'nn.init.kaiming_normal_({path}.weight, nonlinearity="relu")']
+        lines = [f'nn.init.kaiming_normal_({w}, nonlinearity="relu")']
     else:
-        nl = a if a in ("tanh", "sigmoid") else "linear"
-        lines = [f'nn.init.xavier_normal_({path}.weight, gain=nn.init.calculate_gain("{nl}"))']
-    if has_bias(run, la):
-        lines.append(f"nn.init.zeros_({path}.bias)")
+        nl = _INIT_NONLINEARITY.get(a, "linear")    # a dict lookup: the log's string is never pasted
+        lines = [f'nn.init.xavier_normal_({w}, gain=nn.init.calculate_gain("{nl}"))']
+    b = param_expr(run, la, "bias")
+    if b is not None:
+        lines.append(f"nn.init.zeros_({b})")
     return lines
 
 
@@ -128,52 +188,102 @@ def list_names(names: tuple[str, ...] | list[str], th: Thresholds) -> str:
 
 
 def lr_fix(run: Run, factor: float, why: str, new_lr: float | None = None) -> Fix:
+    """Set the learning rate in place (every param group), which keeps the optimizer's state and its other
+    settings (momentum, betas, weight decay) as they are."""
     lr = current_lr(run)
     if new_lr is None and lr is not None:
         new_lr = lr * factor
     if new_lr is not None:
-        name = optimizer_name(run)
-        if name and name.isidentifier():
-            code = f"optimizer = torch.optim.{name}(model.parameters(), lr={sig(new_lr, 1)})"
-        else:
-            code = f"for group in optimizer.param_groups:\n    group[\"lr\"] = {sig(new_lr, 1)}"
         was = f" (was {sig(lr, 2)})" if lr is not None else ""
-        return Fix(FixKind.LEARNING_RATE, f"Set the learning rate to {sig(new_lr, 1)}{was}: {why}", code)
+        return Fix(FixKind.LEARNING_RATE, f"Set the learning rate to {sig(new_lr, 1)}{was}: {why}",
+                   f"for group in optimizer.param_groups:\n    group[\"lr\"] = {sig(new_lr, 1)}")
     return Fix(FixKind.LEARNING_RATE, f"Multiply the learning rate by {sig(factor, 1)}: {why}",
                f"for group in optimizer.param_groups:\n    group[\"lr\"] *= {sig(factor, 1)}")
 
 
 def clip_fix(run: Run, th: Thresholds, before_step: int | None) -> Fix:
     m = suggest_max_norm(run, th, before_step)
+    where = "# between loss.backward() and optimizer.step():\n"
     if m is None:
         return Fix(FixKind.CLIPPING, "Clip the total gradient norm between backward() and step()",
-                   "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)")
+                   where + "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)")
     return Fix(FixKind.CLIPPING,
                f"Clip the total gradient norm at {sig(m)} (the {th.clip_percentile:.0f}th percentile of the "
                f"healthy early steps) between backward() and step()",
-               f"loss.backward()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={sig(m)})\n"
-               f"optimizer.step()")
+               where + f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={sig(m)})")
 
 
 def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresholds) -> Fix | None:
-    las = named(run, names, th)
+    """A normalization layer on each named layer's output (before the activation that follows it); not on the
+    model's head when other layers are named (normalized logits cap the classifier's confidence)."""
+    head = output_layer(run)
+    cands = named(run, names, th)
+    if len(cands) > 1:
+        cands = [la for la in cands if head is None or la is not run.layers[head]]
+    las = [(la, n) for la in cands if (n := norm_layer(run, la)) is not None]
     if not las:
         return None
-    lines = [f"# after {module_path(la.name)}, before its activation:\n{norm_layer(run, la)}" for la in las]
-    return Fix(FixKind.BATCHNORM, f"Add a normalization layer after {list_names([la.name for la in las], th)}: "
-                                  f"{why}", "\n".join(lines))
+    lines = [DEVICE_LINE]
+    for la, n in las:
+        lines += wrap_lines(la, n)
+    lines.append(REBUILD_OPTIMIZER)
+    return Fix(FixKind.BATCHNORM, f"Add a normalization layer after {list_names([la.name for la, _ in las], th)}, "
+                                  f"before its activation: {why}", "\n".join(lines))
 
 
 def init_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresholds,
              act: str | None = None) -> Fix | None:
-    las = named(run, names, th)
-    if not las:
-        return None
     lines: list[str] = []
-    for la in las:
+    for la in named(run, names, th):
         lines += init_lines(run, la, act)
+    if not lines:
+        return None
     return Fix(FixKind.INIT, f"Re-initialize {list_names(list(names), th)} to match the activation: {why}",
                "with torch.no_grad():\n" + "\n".join("    " + ln for ln in lines))
+
+
+_ACTIVATION_MODULES = {"tanh": "nn.Tanh", "sigmoid": "nn.Sigmoid", "hardtanh": "nn.Hardtanh",
+                       "softsign": "nn.Softsign", "hardsigmoid": "nn.Hardsigmoid", "relu": "nn.ReLU",
+                       "relu6": "nn.ReLU6"}
+
+
+def swap_activation(acts: set[str] | list[str], new: str, *, keep_output: bool) -> str:
+    """Code that replaces every activation module of the given kinds (names from the log, mapped through a
+    fixed table, never pasted) with ``new``; ``keep_output`` leaves the model's last module alone (an output
+    sigmoid is meant to saturate). An activation called in forward() (``torch.tanh``, ``F.relu``) is not a
+    module: the comment says to edit it there."""
+    kinds = sorted({_ACTIVATION_MODULES[a] for a in acts if a in _ACTIVATION_MODULES})
+    if not kinds:
+        return ""
+    types = kinds[0] if len(kinds) == 1 else "(" + ", ".join(kinds) + ")"
+    lines = ["# activations called in forward() (torch.tanh, F.relu and the like) need the same edit there"]
+    cond = f"isinstance(child, {types})"
+    if keep_output:
+        lines.append("output = list(model.modules())[-1]   # an output activation stays as it is")
+        cond += " and child is not output"
+    lines += ["for parent in list(model.modules()):",
+              "    for name, child in parent.named_children():",
+              f"        if {cond}:",
+              f"            setattr(parent, name, {new})"]
+    return "\n".join(lines)
+
+
+def resize_lines(run: Run, la: LayerInfo, width: int) -> list[str] | None:
+    """Code that gives the Linear ``la`` ``width`` output units and the Linear that reads its output as many
+    inputs, or None when that is not a plain pair of Linear layers (then a fix describes it in words)."""
+    i = run.layers.index(la)
+    nxt = run.layers[i + 1] if i + 1 < len(run.layers) else None
+    if (la.type != "Linear" or nxt is None or nxt.type != "Linear" or not la.fan_in or not nxt.fan_out
+            or nxt.fan_in != la.fan_out or not (is_plain_path(la.name) and is_plain_path(nxt.name))
+            or not la.name or not nxt.name):
+        return None
+
+    def linear(x: LayerInfo, fan_in: int, fan_out: int) -> str:
+        bias = "" if param_expr(run, x, "bias") is not None else ", bias=False"
+        return f"{module_path(x.name)} = nn.Linear({fan_in}, {fan_out}{bias}, device=device)"
+
+    return [DEVICE_LINE, linear(la, la.fan_in, width), linear(nxt, width, nxt.fan_out),
+            "# then re-create the optimizer: it holds the old layers' parameters"]
 
 
 def hidden_layers(run: Run) -> list[LayerInfo]:

@@ -21,7 +21,6 @@ from gradscope.judge.rules._common import (
     fmt_steps,
     label,
     layer_stat,
-    module_path,
     nanmedian,
     output_layer,
     pct,
@@ -30,7 +29,7 @@ from gradscope.judge.rules._common import (
     step_range,
     tail_slice,
 )
-from gradscope.judge.rules._fixes import init_fix, list_names, lr_fix, named, norm_fix
+from gradscope.judge.rules._fixes import init_fix, list_names, lr_fix, named, norm_fix, swap_activation
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import DYING_ACTIVATIONS, SATURATING_ACTIVATIONS
@@ -169,13 +168,11 @@ def saturation(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 # ---------------------------------------------------------------- fixes
 
 def dead_relu_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
-    las = named(run, f.layers, th)
-    paths = ", ".join(module_path(la.name) for la in las)
+    acts = ({(la.act or "").lower() for la in named(run, f.layers, th)} & DYING_ACTIVATIONS) or {"relu"}
     return [
         Fix(FixKind.ACTIVATION, f"Replace the ReLU after {list_names(list(f.layers), th)} with LeakyReLU: it keeps "
             f"a small gradient for negative inputs, so units can recover",
-            f"nn.LeakyReLU(0.01)  # in place of nn.ReLU() after {paths}\n"
-            f"# or, in forward(): x = F.leaky_relu(x, 0.01)"),
+            swap_activation(acts, "nn.LeakyReLU(0.01)", keep_output=False)),
         init_fix(run, f.layers, "He init with zero biases starts half of the units active", th, act="relu"),
         lr_fix(run, th.fix_lr_backoff, "large updates push units into the never-active region"),
         norm_fix(run, f.layers, "keeps each unit's pre-activation centred, so it fires on part of the batch", th),
@@ -188,8 +185,9 @@ def saturation_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     return [
         init_fix(run, f.layers, "Glorot init keeps pre-activations in the linear range of " + "/".join(acts), th),
         norm_fix(run, f.layers, "keeps pre-activations near 0, where the derivative is largest", th),
-        Fix(FixKind.ACTIVATION, "Use ReLU (or GELU) in hidden layers: it does not saturate for positive inputs",
-            f"nn.ReLU()  # in place of the {'/'.join(acts)} after {list_names([la.name for la in las], th)}"),
+        Fix(FixKind.ACTIVATION, f"Use ReLU (or GELU) in hidden layers instead of the {'/'.join(acts)} after "
+            f"{list_names([la.name for la in las], th)}: it does not saturate for positive inputs",
+            swap_activation(set(acts) & SATURATING_ACTIVATIONS, "nn.ReLU()", keep_output=True)),
         lr_fix(run, th.fix_lr_backoff, "large updates drive pre-activations into the flat tails"),
     ]
 

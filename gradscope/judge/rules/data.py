@@ -9,7 +9,7 @@ import numpy as np
 
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import LOG, Context, Need, Rule, RuleResult, fmt_num, module_path, step_range
-from gradscope.judge.rules._fixes import layer_info, sig
+from gradscope.judge.rules._fixes import DEVICE_LINE, REBUILD_OPTIMIZER, layer_info, sig, wrap_lines, wrappable
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import InputStats, LayerInfo
@@ -104,15 +104,30 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
 # ---------------------------------------------------------------- fixes
 
+def _norm_first(first: LayerInfo) -> Fix:
+    """A normalization layer before the model's first layer, sized from that layer's own input attribute."""
+    dims = first.type.lower()[-2:] if first.type.lower().startswith("conv") else None
+    size_attr = "in_channels" if dims in ("1d", "2d", "3d") else "in_features" if first.type == "Linear" else None
+    summary = "Or let the model normalize its input: a normalization layer first"
+    if size_attr is None or not wrappable(first):
+        return Fix(FixKind.BATCHNORM, summary, f"# wrap the first layer {first.name!r} in nn.Sequential with a "
+                                               f"BatchNorm over its input features before it")
+    path = module_path(first.name)
+    norm = f"nn.BatchNorm{dims or '1d'}({path}.{size_attr}, device=device)"
+    return Fix(FixKind.BATCHNORM, summary, "\n".join([DEVICE_LINE, *wrap_lines(first, norm, before=True),
+                                                      REBUILD_OPTIMIZER]))
+
+
 def unnormalized_input_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     d = f.detail if isinstance(f.detail, InputDetail) else InputDetail()
     first = layer_info(run, f.layers[0]) if f.layers else None
     image = first is not None and first.type.lower().startswith("conv")
-    m = sig(float(d.mean), 3) if d.mean is not None else "mean"
-    s = sig(float(d.std), 3) if d.std is not None else "std"
+    m = sig(float(d.mean), 3) if d.mean is not None else "?"
+    s = sig(float(d.std), 3) if d.std is not None else "?"
     if image:
-        code = (f"# per channel, computed on the training set (overall mean {m}, std {s} observed):\n"
-                f"transforms.Normalize(mean=channel_means, std=channel_stds)")
+        code = (f"from torchvision import transforms\n\n"
+                f"# channel_means, channel_stds: per channel, over the training images (observed overall: mean {m}, "
+                f"std {s})\nnormalize = transforms.Normalize(mean=channel_means, std=channel_stds)")
     else:
         code = ("mean, std = X_train.mean(0), X_train.std(0).clamp_min(1e-8)   # training set only\n"
                 "X_train, X_val = (X_train - mean) / std, (X_val - mean) / std")
@@ -120,9 +135,7 @@ def unnormalized_input_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix |
                                    f"Standardize the inputs to zero mean and unit variance (observed mean {m}, "
                                    f"std {s}) with statistics of the training set", code)]
     if first is not None:
-        fixes.append(Fix(FixKind.BATCHNORM, "Or let the model normalize its input: a normalization layer first",
-                         f"nn.{'BatchNorm2d' if image else 'BatchNorm1d'}(num_features)  # before "
-                         f"{module_path(first.name)}"))
+        fixes.append(_norm_first(first))
     return fixes
 
 

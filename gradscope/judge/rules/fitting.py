@@ -38,10 +38,11 @@ from gradscope.judge.rules._common import (
     module_path,
     nanmedian,
     optimizer_hparam,
+    optimizer_name,
     tail_slice,
     weighted_layers,
 )
-from gradscope.judge.rules._fixes import hidden_layers, layer_info, list_names, sig
+from gradscope.judge.rules._fixes import hidden_layers, list_names, resize_lines, sig, wrap_lines
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -357,23 +358,37 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
 # ---------------------------------------------------------------- fixes
 
+def _early_stopping_code(patience: int, note: str) -> str:
+    return "\n".join([
+        f"best_val, bad_evals, patience = float(\"inf\"), 0, {patience}",
+        "",
+        "",
+        "def stop_early(val_loss):",
+        "    # call after each validation: keeps the best weights in best.pt, True when it is time to stop",
+        f"    # {note}",
+        "    global best_val, bad_evals",
+        "    if val_loss < best_val:",
+        "        best_val, bad_evals = val_loss, 0",
+        "        torch.save(model.state_dict(), \"best.pt\")",
+        "    else:",
+        "        bad_evals += 1",
+        "    return bad_evals >= patience",
+    ])
+
+
 def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     fixes: list[Fix | None] = []
     best = f.detail if isinstance(f.detail, BestEvaluation) else None
+    patience = th.overfit_min_after + 1
     if best is not None:
         fixes.append(Fix(FixKind.EARLY_STOPPING,
                          f"Stop at step {best.step} (evaluation {best.index} of {best.count}), where validation loss "
                          f"was lowest ({best.val_loss:.4g}); keep that checkpoint",
-                         f"best, bad, patience = float(\"inf\"), 0, {th.overfit_min_after + 1}\n"
-                         f"# after each validation:\n"
-                         f"if val_loss < best:\n    best, bad = val_loss, 0\n"
-                         f"    torch.save(model.state_dict(), \"best.pt\")\n"
-                         f"else:\n    bad += 1\n    if bad >= patience:\n"
-                         f"        break  # best was at step {best.step}"))
+                         _early_stopping_code(patience, f"this run's validation loss was lowest at step {best.step}")))
     else:
         fixes.append(Fix(FixKind.EARLY_STOPPING, "Keep the checkpoint with the best validation score and stop "
                          "when it has not improved for a few evaluations",
-                         "if val_acc > best:\n    best = val_acc\n    torch.save(model.state_dict(), \"best.pt\")"))
+                         _early_stopping_code(patience, "pass 1 - accuracy when you track accuracy")))
     wd = optimizer_hparam(run, "weight_decay")
     adaptive = is_adaptive(run)
     if wd is not None and wd > 0:
@@ -381,30 +396,39 @@ def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     else:
         new_wd = th.fix_weight_decay_adamw if adaptive else th.fix_weight_decay_sgd
     lr = current_lr(run)
-    lr_txt = f"lr={sig(lr, 2)}, " if lr is not None else ""
-    if adaptive:
-        code = f"optimizer = torch.optim.AdamW(model.parameters(), {lr_txt}weight_decay={sig(new_wd, 1)})"
+    if adaptive and (optimizer_name(run) or "").lower() != "adamw":
+        # Adam's weight_decay is an L2 term that the adaptive step rescales; AdamW decouples it.
+        lr_txt = f"lr={sig(lr, 2)}, " if lr is not None else ""
+        code = (f"optimizer = torch.optim.AdamW(model.parameters(), {lr_txt}weight_decay={sig(new_wd, 1)})  "
+                f"# decoupled weight decay")
     else:
-        code = (f"optimizer = torch.optim.SGD(model.parameters(), {lr_txt}momentum=0.9, "
-                f"weight_decay={sig(new_wd, 1)})")
+        code = f"for group in optimizer.param_groups:\n    group[\"weight_decay\"] = {sig(new_wd, 1)}"
     fixes.append(Fix(FixKind.REGULARIZATION, f"Add weight decay {sig(new_wd, 1)} (L2) to shrink the weights "
                      f"towards simpler functions", code))
-    hidden = [la.name for la in hidden_layers(run)]
+    hidden = hidden_layers(run)
     if hidden:
-        fixes.append(Fix(FixKind.REGULARIZATION, f"Add dropout (p={th.fix_dropout_p}) after {list_names(hidden, th)}",
-                         "\n".join(f"nn.Dropout(p={th.fix_dropout_p})  # after {module_path(n)}'s activation"
-                                   for n in hidden[:th.fix_max_layers])))
+        lines: list[str] = []
+        for h in hidden[:th.fix_max_layers]:
+            lines += wrap_lines(h, f"nn.Dropout(p={th.fix_dropout_p})")
+        fixes.append(Fix(FixKind.REGULARIZATION, f"Add dropout (p={th.fix_dropout_p}) after "
+                         f"{list_names([h.name for h in hidden], th)}", "\n".join(lines)))
     conv = any(la.type.lower().startswith("conv2d") for la in run.layers)
-    fixes.append(Fix(FixKind.DATA, "Use more training data or augment it" + (" (random crops and flips)" if conv
-                                                                             else ""),
-                     "transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), "
-                     "...])" if conv else ""))
-    if hidden:
-        la = layer_info(run, hidden[0])
-        if la is not None and la.fan_out:
-            fixes.append(Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {label(la.name)}",
-                             f"# {module_path(la.name)}: {la.fan_out} → "
-                             f"{max(1, la.fan_out // th.fix_width_factor)} units"))
+    if conv:
+        fixes.append(Fix(FixKind.DATA, "Use more training data or augment it (random shifts; flips where a mirror "
+                         "image keeps its label)",
+                         "from torchvision import transforms\n\n"
+                         "augment = transforms.RandomAffine(degrees=0, translate=(0.1, 0.1))  # random shifts\n"
+                         "# add transforms.RandomHorizontalFlip() where a mirror image keeps its label"))
+    else:
+        fixes.append(Fix(FixKind.DATA, "Use more training data or augment it", ""))
+    la = hidden[0] if hidden else None
+    if la is not None and la.fan_out:
+        narrow = max(1, la.fan_out // th.fix_width_factor)
+        code = "\n".join(resize_lines(run, la, narrow) or
+                         [f"# {module_path(la.name)}: from {la.fan_out} to {narrow} output units, and the next "
+                          f"layer's input to match"])
+        fixes.append(Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {label(la.name)} "
+                         f"({la.fan_out} → {narrow} units)", code))
     return fixes
 
 
@@ -414,9 +438,11 @@ def underfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]
     la = hidden[0] if hidden else None
     if la is not None and la.fan_out:
         wide = la.fan_out * th.fix_width_factor
+        code = "\n".join(resize_lines(run, la, wide) or
+                         [f"# {module_path(la.name)}: from {la.fan_out} to {wide} output units, and the next "
+                          f"layer's input to match"])
         fixes.append(Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({la.fan_out} → "
-                         f"{wide} units) or add a hidden layer",
-                         f"# {module_path(la.name)}: {la.type}(..., {la.fan_out}) → {la.type}(..., {wide})"))
+                         f"{wide} units) or add a hidden layer", code))
     else:
         fixes.append(Fix(FixKind.CAPACITY, "Use a bigger or deeper model (more units, more layers)", ""))
     fixes.append(Fix(FixKind.TRAIN_LONGER, "Train longer (more epochs) and check that the training loss is "

@@ -36,7 +36,15 @@ from gradscope.judge.rules._common import (
     step_range,
     weighted_layers,
 )
-from gradscope.judge.rules._fixes import clip_fix, init_fix, lr_fix, norm_fix
+from gradscope.judge.rules._fixes import (
+    clip_fix,
+    init_fix,
+    layer_info,
+    lr_fix,
+    norm_fix,
+    swap_activation,
+    wrappable,
+)
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import SATURATING_ACTIVATIONS
@@ -465,25 +473,44 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
 # ---------------------------------------------------------------- fixes
 
+RESIDUAL_CLASS = """class Residual(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return x + self.inner(x)
+"""
+
+
+def _residual_fix(run: Run, f: Finding) -> Fix:
+    summary = "Add residual (skip) connections so the gradient has a path that bypasses the deep stack"
+    square = [la for n in f.layers if (la := layer_info(run, n)) is not None and la.type == "Linear"
+              and la.fan_in and la.fan_in == la.fan_out and wrappable(la)]
+    if not square:
+        where = module_path(f.layers[0]) if f.layers else "a block"
+        return Fix(FixKind.RESIDUAL, summary + " (where a block's input and output shapes match)",
+                   f"# in forward(), around {where} (the same shape in and out): x = x + block(x)")
+    la = square[0]
+    path = module_path(la.name)
+    return Fix(FixKind.RESIDUAL, f"{summary}: {label(la.name)} maps {la.fan_in} features to as many, so it can add "
+               f"its input to its output", f"{RESIDUAL_CLASS}\n\n{path} = Residual({path})")
+
+
 def vanishing_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     d = f.detail if isinstance(f.detail, VanishingDetail) else VanishingDetail()
-    acts = set(d.activations)
+    sat = sorted(set(d.activations) & SATURATING_ACTIVATIONS)
     fixes: list[Fix | None] = []
-    if acts & SATURATING_ACTIVATIONS:
-        sat = sorted(acts & SATURATING_ACTIVATIONS)
+    if sat:
         fixes.append(Fix(FixKind.ACTIVATION,
                          f"Use ReLU (or GELU) instead of {'/'.join(sat)} in the hidden layers: its derivative is 1 "
                          f"for positive inputs, so gradients do not shrink layer by layer",
-                         f"nn.ReLU()  # in place of nn.{'Tanh' if 'tanh' in sat else 'Sigmoid'}() between hidden "
-                         f"layers"))
+                         swap_activation(sat, "nn.ReLU()", keep_output=True)))
     fixes.append(init_fix(run, f.layers, "He for ReLU-like, Glorot for tanh/sigmoid keeps gradient variance "
                                          "constant across depth", th))
     fixes.append(norm_fix(run, f.layers, "re-centres and re-scales each layer's signal", th))
     if f.layers:
-        p = module_path(f.layers[0])
-        fixes.append(Fix(FixKind.RESIDUAL, "Add residual (skip) connections so the gradient has a path that "
-                         "bypasses the deep stack",
-                         f"# in forward():\nx = x + {p}(x)  # when input and output shapes match"))
+        fixes.append(_residual_fix(run, f))
     return fixes
 
 

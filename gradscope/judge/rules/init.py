@@ -184,7 +184,7 @@ def poor_init_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     return [
         Fix(FixKind.INIT, f"Re-initialize {list_names(list(f.layers), th)} with the scheme the activation needs "
             f"(He for ReLU, Glorot for tanh/sigmoid/linear, LeCun for SELU)",
-            "with torch.no_grad():\n" + "\n".join("    " + ln for ln in lines)),
+            "with torch.no_grad():\n" + "\n".join("    " + ln for ln in lines)) if lines else None,
         norm_fix(run, f.layers, "normalization makes the net far less sensitive to the initial scale", th),
     ]
 
