@@ -49,6 +49,10 @@ MAX_STEP = 2**53
 """Largest step index accepted: every integer up to it is exact as a float64, the type the rules compute in
 (and a run of 2**53 steps would take 285 years at a million steps a second)."""
 
+EARLIEST_STEP = -1
+"""The step of records written before the first training step: a metric logged (or a NaN loss seen) before
+training, a watch closed before any step. Step records themselves start at 0."""
+
 MAX_COUNT = 2**62
 """Largest count accepted (elements, ``numel``, fan-in, world size): fits an int64 with room to add."""
 
@@ -61,14 +65,15 @@ MAX_SHAPE_DIMS = 64
 """Most dimensions of a parameter's shape (torch allows 64)."""
 
 ROW_RANGES: dict[str, tuple[float, float]] = {
-    "count": (0.0, MAX_COUNT), "var": (0.0, math.inf), "absmax": (0.0, math.inf), "zero_frac": (0.0, 1.0),
+    "count": (0.0, MAX_COUNT), "absmax": (0.0, math.inf), "zero_frac": (0.0, 1.0),
     "nonfinite": (0.0, MAX_COUNT), "units": (0.0, MAX_COUNT), "inactive": (0.0, MAX_COUNT),
     "dead": (0.0, MAX_COUNT), "saturated": (0.0, MAX_COUNT), "dmean": (0.0, 1.0 + 1e-3),
     "grad_norm": (0.0, math.inf), "calls": (0.0, MAX_COUNT), "norm": (0.0, math.inf),
     "update_ratio": (0.0, math.inf), "grad_nonfinite": (0.0, 1.0),
 }
 """Valid range of each statistic of a step row (Inf allowed where the writer can measure one); a value
-outside it is read as missing (NaN). Fields not listed (``mean``) only have to be numbers."""
+outside it is read as missing (NaN). Fields not listed only have to be numbers: ``mean``, and ``var``, which
+float32 rounding can leave a hair below 0 (the rules treat a negative variance as missing themselves)."""
 
 
 LOAD_MEMORY_FACTOR = 64
@@ -144,7 +149,13 @@ def opt_integer(v: Any, what: str, lo: int = 0, hi: int = MAX_COUNT) -> int | No
 
 
 def step(v: Any, what: str = "step") -> int:
+    """A training step index: 0..``MAX_STEP``."""
     return integer(v, what, 0, MAX_STEP)
+
+
+def event_step(v: Any, what: str = "step") -> int:
+    """The step of a metrics, nonfinite, close or problem record: may be ``EARLIEST_STEP`` (before training)."""
+    return integer(v, what, EARLIEST_STEP, MAX_STEP)
 
 
 def number(v: Any, what: str) -> float | None:
@@ -219,12 +230,12 @@ def header(d: Mapping[str, Any]) -> Header:
     return Header(
         schema=integer(d.get("schema"), "schema", 0, MAX_COUNT),
         gradscope=text(d.get("gradscope", "?"), "gradscope"), torch=opt_text(d.get("torch"), "torch"),
-        created=text(d.get("created", ""), "created"), rank=integer(d.get("rank", 0), "rank", 0, world - 1),
+        created=text(d.get("created", ""), "created"), rank=integer(d.get("rank", 0), "rank"),
         world_size=world, every=integer(d.get("every", 1), "every", 1, MAX_STEP),
         warmup=integer(d.get("warmup", 0), "warmup", 0, MAX_STEP),
-        dead_window=integer(d.get("dead_window", 1), "dead_window", 1, MAX_STEP),
+        dead_window=integer(d.get("dead_window", 1), "dead_window", 0, MAX_STEP),
         saturation_derivative=_in(finite(d.get("saturation_derivative", 0.1), "saturation_derivative"),
-                                  0.0, 1.0, "saturation_derivative"),
+                                  0.0, MAX_ABS_VALUE, "saturation_derivative"),
         step_unit=text(d.get("step_unit", "forward"), "step_unit"), model=text(d.get("model", "?"), "model"),
         layers=layers, params=params,
         optimizer=None if opt is None else free(obj(opt, "optimizer")),
@@ -297,17 +308,17 @@ def learning_rates(v: Any) -> tuple[float, ...]:
 
 def metrics(d: Mapping[str, Any]) -> MetricsRecord:
     values = {text(k, "values"): number(v, f"values.{k}") for k, v in obj(d.get("values", {}), "values").items()}
-    return MetricsRecord(step=step(d.get("step")), values=values)
+    return MetricsRecord(step=event_step(d.get("step")), values=values)
 
 
 def nonfinite(d: Mapping[str, Any]) -> NonFiniteRecord:
-    return NonFiniteRecord(step=step(d.get("step")), where=text(d.get("where", "?"), "where"),
+    return NonFiniteRecord(step=event_step(d.get("step")), where=text(d.get("where", "?"), "where"),
                            layer=opt_text(d.get("layer"), "layer"), param=opt_text(d.get("param"), "param"))
 
 
 def close(d: Mapping[str, Any]) -> CloseRecord:
     extra = d.get("extra")
-    return CloseRecord(step=step(d.get("step", 0)), time=finite(d.get("time", 0.0), "time"),
+    return CloseRecord(step=event_step(d.get("step", 0)), time=finite(d.get("time", 0.0), "time"),
                        extra={} if extra is None else free(obj(extra, "extra")))
 
 
@@ -320,7 +331,7 @@ def problem(d: Mapping[str, Any]) -> str:
     at = d.get("step")
     where = opt_text(d.get("where"), "where")
     msg = text(d.get("message", d.get("error", "")), "message")
-    place = "".join([f" at step {step(at)}" if at is not None else "", f" in {where}" if where else ""])
+    place = "".join([f" at step {event_step(at)}" if at is not None else "", f" in {where}" if where else ""])
     return f"the watch recorded a problem of its own{place}: {' '.join(msg.split())[:500] or '(no message)'}"
 
 
