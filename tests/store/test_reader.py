@@ -347,3 +347,16 @@ def test_store_never_unpickles_evaluates_or_imports_torch() -> None:
                 assert not any(n.split(".")[0] in ("pickle", "torch", "marshal", "shelve") for n in names), src
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 assert node.func.id not in ("eval", "exec"), src
+
+
+def test_records_before_the_first_step_may_carry_step_minus_one(tmp_path: Path) -> None:
+    """The watch writes step -1 for a metric logged (or a NaN loss seen) before training, and for a watch
+    closed before any step; a step record of -1 is still refused."""
+    path = _write_lines(tmp_path, [_header(), {"kind": "metrics", "step": -1, "values": {"train_loss": None}},
+                                   {"kind": "nonfinite", "step": -1, "where": "loss"},
+                                   {"kind": "metrics", "step": -2, "values": {}},
+                                   {"kind": "close", "step": -1, "time": 0.0, "extra": {}}])
+    log = read_log(path, warn=False)
+    assert [m.step for m in log.metrics] == [-1] and log.nonfinite[0].step == -1
+    assert log.close is not None and log.close.step == -1
+    assert len(log.problems) == 1 and f"{path}:4: invalid record (step: -2 is outside -1.." in log.problems[0]
