@@ -18,7 +18,7 @@ from gradscope.judge.rules._common import Context, FixFunc, Need, Rule, RuleFunc
 from gradscope.judge.rules.fitting import BiasVariance, Verdict, bias_variance
 
 # Order matters: learning_rate reads the vanishing findings (starved layers are not the learning rate's
-# doing), poor_init runs last because it reads what the gradient and activation rules found.
+# doing). The rest is the order of the docs; no other rule reads another's findings.
 _ORDER = (Code.DIVERGENCE, Code.EXPLODING_GRADIENTS, Code.VANISHING_GRADIENTS, Code.DEAD_RELU, Code.SATURATION,
           Code.UNNORMALIZED_INPUT, Code.LEARNING_RATE, Code.UNSTABLE_LOSS, Code.OVERFITTING, Code.UNDERFITTING,
           Code.POOR_INIT)

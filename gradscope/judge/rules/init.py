@@ -69,11 +69,13 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
     Detected when a weighted layer's initial weight variance (``init_std``²) is more than ``poor_init_factor``
     away (either way) from He 2/fan_in (ReLU family), Glorot 2/(fan_in+fan_out) (tanh, sigmoid, linear) or
-    LeCun 1/fan_in (SELU), *and* the statistics show it: the activation std changes by ``signal_depth_factor``
-    from the first to the last weighted layer on the early steps, the mis-scaled layer's units are saturated
-    early (``saturation_fraction``), or vanishing/exploding gradients or saturation were found. A hidden layer
-    initialized to all-equal weights (std 0) never breaks symmetry and is flagged on that alone. PyTorch's
-    default 1/(3·fan_in) lies within the factor on purpose and never triggers on its own.
+    LeCun 1/fan_in (SELU), *and* the early statistics show it: the activation std changes by ``signal_depth_factor``
+    from the first to the last weighted layer on the early steps, or a mis-scaled layer followed by a
+    saturating activation has ``saturation_fraction`` of its units saturated, or a mean normalized derivative
+    below ``saturation_dmean``, on the early steps. Only what the init measurably does counts: other findings
+    found in the same run do not. A hidden layer initialized to all-equal weights (std 0) never breaks symmetry
+    and is flagged on that alone. PyTorch's default 1/(3·fan_in) lies within the factor on purpose and never
+    triggers on its own.
 
     Why it matters: Var(z) = fan_in · Var(w) · Var(x); a per-layer factor ≠ 1 compounds exponentially with
     depth in both the forward signal and the backward gradient (Glorot & Bengio 2010; He et al. 2015).
@@ -126,16 +128,21 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                              f"{fmt_num(th.signal_depth_factor)}× either way)")
                 evidence["early_activation_depth_ratio"] = depth
         sat, units = stat(run, "layer", "saturated"), stat(run, "layer", "units")
-        if sat is not None and units is not None:
-            for li, _, _ in mis:
-                if (run.layers[li].act or "").lower() in SATURATING_ACTIVATIONS:
-                    f = float(nanmedian(safe_div(sat[early, li], units[early, li])))
-                    if np.isfinite(f) and f >= th.saturation_fraction:
-                        shows.append(f"{pct(f)} of {label(run.layers[li].name)}'s units saturated on the first steps")
-    related = [c.value for c in (Code.VANISHING_GRADIENTS, Code.EXPLODING_GRADIENTS, Code.SATURATION)
-               if ctx.has(c)]
-    if mis and related:
-        shows.append("found alongside " + ", ".join(related))
+        dmean = stat(run, "layer", "dmean")
+        for li, _, _ in mis:
+            if (run.layers[li].act or "").lower() not in SATURATING_ACTIVATIONS:
+                continue
+            name = label(run.layers[li].name)
+            f = float(nanmedian(safe_div(sat[early, li], units[early, li]))) if sat is not None and \
+                units is not None else float("nan")
+            dm = float(nanmedian(dmean[early, li])) if dmean is not None else float("nan")
+            if np.isfinite(f) and f >= th.saturation_fraction:
+                shows.append(f"{pct(f)} of {name}'s units saturated on the first steps")
+            elif np.isfinite(dm) and dm < th.saturation_dmean:
+                # Few units pinned on every sample, but most inputs land in the flat tails: the layer passes
+                # less than ``saturation_dmean`` of a linear unit's gradient from the start.
+                shows.append(f"{name}'s mean {run.layers[li].act} derivative is {pct(dm)} of its maximum on the "
+                             f"first steps (threshold {pct(th.saturation_dmean)})")
     parts: list[str] = []
     layers: list[str] = []
     per_layer: dict[str, dict[str, object]] = {}
