@@ -5,9 +5,10 @@ reads each rank's gradscope log and the user's own TensorBoard scalars, and retu
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-from gradscope.errors import LogError
+from gradscope.errors import GradscopeWarning, LogError
 from gradscope.store.jsonl import log_files, read_log
 from gradscope.store.merge import merge_ranks
 from gradscope.store.run import Run, run_from_log
@@ -39,8 +40,23 @@ def load_run(run_dir: str | os.PathLike[str], *, name: str | None = None, warn: 
     """One run folder: its gradscope log(s) and its TensorBoard scalars."""
     d = Path(run_dir)
     files = log_files(d)
-    runs = [run_from_log(read_log(f, warn=warn), name=name) for f in files]
+    runs: list[Run] = []
+    unreadable: list[str] = []
+    for f in files:
+        # One unreadable rank (a damaged header) must not hide the others: it becomes a problem of the run.
+        try:
+            runs.append(run_from_log(read_log(f, warn=warn), name=name))
+        except LogError as e:
+            if len(files) == 1:
+                raise
+            unreadable.append(f"{e} (this rank skipped)")
+    if files and not runs:
+        raise LogError(unreadable[0] if len(unreadable) == 1 else f"{unreadable[0]} (and every other rank)")
     run = merge_ranks(runs) if len(runs) > 1 else (runs[0] if runs else Run(name=name or d.name, path=d, header=None))
+    run.problems.extend(unreadable)
+    if warn:
+        for msg in unreadable:
+            warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
     if name is not None:
         run.name = name
     scalars = read_scalars(d, warn=warn, problems_out=run.problems)

@@ -167,6 +167,24 @@ def test_type_mutations_of_every_field_of_every_record_kind(tmp_path: Path, real
     assert cases > 500
 
 
+def test_mutated_second_rank_is_merged_or_refused_never_raises(tmp_path: Path, real_log: bytes) -> None:
+    """Merging ranks meets validated runs only: a mutated rank 1 next to an intact rank 0."""
+    lines = [json.loads(ln) for ln in real_log.splitlines()]
+    lines[0] = {**lines[0], "rank": 1, "world_size": 2}
+    log_path(tmp_path, 0).write_bytes(real_log.replace(b'"world_size":1', b'"world_size":2', 1))
+    step_at = next(i for i, r in enumerate(lines) if r["kind"] == "step")
+    cases = 0
+    for i in (0, step_at):
+        for where in _paths(lines[i]):
+            for value in (None, -1, 2**70, [1]):
+                mutated = [*lines[:i], _set(lines[i], where, value), *lines[i + 1:]]
+                log_path(tmp_path, 1).write_text("".join(json.dumps(r) + "\n" for r in mutated))
+                n = _check(tmp_path)
+                assert n == len(_steps_in(real_log)), (where, value)   # rank 0's steps, always
+                cases += 1
+    assert cases > 100
+
+
 def test_records_too_long_too_deep_and_with_crafted_sizes(tmp_path: Path, real_log: bytes) -> None:
     lines = real_log.splitlines(keepends=True)
     bad = [
