@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -295,3 +296,120 @@ def input_stats(x: torch.Tensor) -> torch.Tensor:
         torch.full((), float(n), dtype=torch.float64, device=xd.device), mean, var.sqrt(), lo.double(),
         hi.double(), fstd.min(), fstd.max(), fmean.abs().max(),
     ])
+
+
+RAW_LAYER_COLUMNS = ("s", "ss", "lo", "hi", "nonzero", "nonfinite", "units", "inactive", "dead", "saturated",
+                     "dmean", "gsq")
+"""The columns of ``layer_matrix``: the raw per-layer sums a record row is derived from (NaN: not measured)."""
+
+_LAYOUTS: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+_PICKS: dict[tuple[torch.device, tuple[Any, ...]], torch.Tensor] = {}
+_LAYOUT_CACHE_SIZE = 64
+"""Index tensors per (device, unit counts) layout. A run has one or two layouts (every layer called, or a
+subset on some steps), so 64 bounds the cache across many watches without ever evicting a live one."""
+
+
+def _device_index(values: list[int], device: torch.device) -> torch.Tensor:
+    """An int64 index tensor on ``device`` from host ints, without a host sync: staged through pinned memory
+    and copied asynchronously on CUDA (a plain host-to-device copy of pageable memory waits for the stream)."""
+    t = torch.tensor(values, dtype=torch.int64, device=torch.device("cpu"))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _cached_index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``_device_index`` of ``values``, created once per (device, values) layout."""
+    key = (device, ("pick", *values))
+    hit = _PICKS.get(key)
+    if hit is None:
+        if len(_PICKS) >= _LAYOUT_CACHE_SIZE:
+            _PICKS.pop(next(iter(_PICKS)))
+        hit = _PICKS[key] = _device_index(list(values), device)
+    return hit
+
+
+def _segments(sizes: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bounds, units) for segments of these sizes laid end to end: ``bounds`` (2, L) holds each segment's
+    [end, start] positions in a cumulative sum with a leading zero, ``units`` (L,) fp32 the sizes. Cached."""
+    key = (device, sizes)
+    hit = _LAYOUTS.get(key)
+    if hit is None:
+        ends, starts, pos = [], [], 0
+        for n in sizes:
+            starts.append(pos)
+            pos += n
+            ends.append(pos)
+        bounds = _device_index(ends + starts, device).view(2, len(sizes))
+        units = _device_index(list(sizes), device).to(_F32)
+        if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        hit = _LAYOUTS[key] = (bounds, units)
+    return hit
+
+
+def _segment_counts(flags: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """Per-segment counts of the True entries of ``flags`` (Utot, k) bool: (L, k) int64. An integer cumulative
+    sum (deterministic on CUDA, unlike a float one or ``index_add``) read at the segment bounds."""
+    padded = torch.cat([flags.new_zeros((1, flags.shape[1])), flags])
+    csum = padded.cumsum(0)                                   # (Utot + 1, k) int64
+    at = csum.index_select(0, bounds.reshape(-1)).view(2, bounds.shape[1], flags.shape[1])
+    return at[0] - at[1]
+
+
+def _held(t: torch.Tensor | None) -> torch.Tensor:
+    """``t``, which the caller guarantees is set (an accumulator with at least one output)."""
+    if t is None:
+        raise ValueError("layer_matrix needs accumulators that hold at least one output")
+    return t
+
+
+def layer_matrix(accs: list[LayerAcc], last_active: list[torch.Tensor | None], *, record_index: int,
+                 dead_window: int, saturation_derivative: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Every layer's raw record row (``RAW_LAYER_COLUMNS``) as one (L, 12) fp32 matrix, in a constant number
+    of ops whatever the number of layers, and each layer's updated last-active record index per unit.
+
+    The per-layer version of this (a stack, a dozen small reductions and casts per layer) was most of the
+    ~40 ops a recorded step added per layer: on a GPU that is a kernel launch each. Here the per-unit
+    vectors of all layers are concatenated once and counted per layer with one integer cumulative sum read
+    at cached segment bounds; the per-layer scalars go into one ``stack``. ``last_active[i]`` is the state
+    this returns for layer i at the previous record (None at the first); a unit is dead once it has not
+    been positive for ``dead_window`` records, and ``dead`` is NaN until that many records exist.
+    Requires every ``acc`` to hold at least one output (``unit_max`` set).
+    """
+    unit_maxes = [_held(a.unit_max) for a in accs]
+    dev = unit_maxes[0].device
+    nan = torch.full((), math.nan, dtype=_F32, device=dev)
+    sizes = tuple(u.numel() for u in unit_maxes)
+    bounds, units = _segments(sizes, dev)
+    scalars = torch.stack([_held(v) for a in accs for v in (a.s, a.ss, a.lo, a.hi, a.nonzero, a.nonfinite,
+                                                             nan if a.gsq is None else a.gsq)])
+    scalars = scalars.to(_F32).view(len(accs), 7)   # one promotion (counts are int64, bf16 extremes)
+    umax = torch.cat(unit_maxes)
+    active = umax > 0
+    prev = [p if p is not None and p.numel() == n else torch.full((n,), -1, dtype=torch.int64, device=dev)
+            for p, n in zip(last_active, sizes, strict=True)]
+    last = torch.where(active, record_index, torch.cat(prev))
+    flags = [~active]
+    enough = record_index + 1 >= dead_window
+    if enough:
+        flags.append((record_index - last) >= dead_window)
+    counts = _segment_counts(torch.stack(flags, 1), bounds).to(_F32)   # (L, 1 or 2)
+    dead = counts[:, 1] if enough else nan.expand(len(accs))
+    sat_ids = [i for i, a in enumerate(accs) if a.unit_dsum is not None and a.unit_n]
+    if sat_ids:
+        per_unit = torch._foreach_div([_held(accs[i].unit_dsum) for i in sat_ids],
+                                      [float(accs[i].unit_n) for i in sat_ids])
+        sub_bounds, sub_units = _segments(tuple(sizes[i] for i in sat_ids), dev)
+        sat = _segment_counts((torch.cat(per_unit) < saturation_derivative).unsqueeze(1), sub_bounds)
+        dmean = torch.stack(torch._foreach_norm(per_unit, 1)) / sub_units   # derivatives are ≥ 0: Σ|d| = Σd
+        sat_col = torch.cat([sat[:, 0].to(_F32), nan.reshape(1)])
+        dmean_col = torch.cat([dmean, nan.reshape(1)])
+        slot = {i: k for k, i in enumerate(sat_ids)}
+        pick = _cached_index(tuple(slot.get(i, len(sat_ids)) for i in range(len(accs))), dev)
+        saturated, dmeans = sat_col.index_select(0, pick), dmean_col.index_select(0, pick)
+    else:
+        saturated = dmeans = nan.expand(len(accs))
+    matrix = torch.cat([scalars[:, :6], units.unsqueeze(1), counts[:, :1], dead.unsqueeze(1),
+                        saturated.unsqueeze(1), dmeans.unsqueeze(1), scalars[:, 6:]], dim=1)
+    return matrix, list(last.split(sizes))
