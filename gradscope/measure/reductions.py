@@ -25,17 +25,18 @@ _F32 = torch.float32
 
 NONDETERMINISTIC_CUDA_OPS: frozenset[str] = frozenset({
     "histc", "bincount_weighted", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_",
-    "index_add", "index_add_", "index_copy", "index_copy_", "index_put_accumulate", "put_", "cumsum",
-    "cumsum_", "median", "nanmedian", "kthvalue", "embedding_bag", "_embedding_bag",
+    "index_add", "index_add_", "index_copy", "index_copy_", "index_put_accumulate", "put_", "cumsum_float",
+    "median", "nanmedian", "kthvalue", "embedding_bag", "_embedding_bag",
     "_embedding_bag_backward", "nll_loss", "nll_loss2d", "grid_sampler_2d_backward",
 })
 """ATen ops (overload packet names) that ``torch.use_deterministic_algorithms(True)`` makes raise on CUDA, or
 that are nondeterministic there (the list in that function's docstring, torch 2.13, restricted to the ops a
 reduction could reach for). gradscope's hooks run inside the user's forward and backward, so one of these
 would fail a deterministic user run (``torch.histc`` did: the TensorBoard histograms now bin with
-``bincount`` without weights). Two entries are conditions, not op names: ``bincount_weighted`` (``bincount``
-with ``weights``) and ``index_put_accumulate`` (``index_put_(..., accumulate=True)``); ``cumsum`` raises only
-for floating point. tests/measure/test_deterministic.py records every op of a watched training and checks
+``bincount`` without weights). Three entries are conditions, not op names: ``bincount_weighted`` (``bincount``
+with ``weights``), ``index_put_accumulate`` (``index_put_(..., accumulate=True)``) and ``cumsum_float``
+(``cumsum`` of a floating-point tensor; an integer ``cumsum``, which ``layer_matrix`` uses, is
+deterministic). tests/measure/test_deterministic.py records every op of a watched training and checks
 none of them is here."""
 
 # Normalized derivative of each saturating activation as a function of its input z, scaled so that the

@@ -29,8 +29,9 @@ MEASURE = Path(gradscope.__file__).parent / "measure"
 
 
 class OpNames(TorchDispatchMode):
-    """Counts every ATen op by overload-packet name; ``bincount`` with weights and ``index_put_`` with
-    ``accumulate=True`` get the condition names used in ``NONDETERMINISTIC_CUDA_OPS``."""
+    """Counts every ATen op by overload-packet name; ``bincount`` with weights, ``index_put_`` with
+    ``accumulate=True`` and a floating-point ``cumsum`` get the condition names used in
+    ``NONDETERMINISTIC_CUDA_OPS``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -39,6 +40,8 @@ class OpNames(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
+        if name in ("cumsum", "cumsum_") and args and args[0].is_floating_point():
+            name = "cumsum_float"
         if name == "bincount" and (kwargs.get("weights") is not None or (len(args) > 1 and args[1] is not None)):
             name = "bincount_weighted"
         if name in ("index_put", "index_put_", "_index_put_impl_") and (
@@ -112,11 +115,15 @@ def test_op_recorder_sees_a_forbidden_op() -> None:
     with rec:
         torch.histc(torch.arange(4.0), bins=2)
         torch.bincount(torch.tensor([0, 1]), weights=torch.ones(2))
-    assert {"histc", "bincount_weighted"} <= set(rec.names) & NONDETERMINISTIC_CUDA_OPS
+        torch.arange(3.0).cumsum(0)
+        torch.arange(3).cumsum(0)    # integer: deterministic, not flagged
+    assert set(rec.names) & NONDETERMINISTIC_CUDA_OPS == {"histc", "bincount_weighted", "cumsum_float"}
 
 
-_CALL_NAMES = {n.rstrip("_") for n in NONDETERMINISTIC_CUDA_OPS if not n.startswith("_")} - {
-    "bincount_weighted", "index_put_accumulate"}
+_CONDITIONS = {"bincount_weighted", "index_put_accumulate", "cumsum_float"}
+"""Entries that depend on arguments (weights, accumulate, dtype): the dispatch recording checks them, the
+source scan cannot."""
+_CALL_NAMES = {n.rstrip("_") for n in NONDETERMINISTIC_CUDA_OPS if not n.startswith("_")} - _CONDITIONS
 
 
 _HOST_MODULES = {"np", "numpy", "math", "statistics"}
