@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.zoo_scores import GROUPS, _ratio, markdown_rows, score_rows  # noqa: E402
+from gradscope.judge.causes import LINKS  # noqa: E402
 from gradscope.judge.rules import RULES  # noqa: E402
 from gradscope.judge.thresholds import Thresholds  # noqa: E402
 
@@ -140,12 +141,21 @@ def generate(snapshot: dict[str, Any]) -> str:
         out += ["### Fixes", ""]
         if "Fixes" in sec:
             out += [sec["Fixes"][:1].upper() + sec["Fixes"][1:], ""]
+        explains = [li for li in LINKS if li.cause is code]
+        if explains:
+            out += ["**Explains**, when the run shows the condition (the consequence then names this finding in "
+                    "`caused_by`, ranks no higher, and leaves this finding's fixes to it): "
+                    + "; ".join(f"`{li.effect.value}` ({li.why})" for li in explains) + ".", ""]
         kinds = snapshot["fix_kinds"].get(code.value, [])
         if kinds:
-            out += ["Fix kinds offered on the zoo: " + ", ".join(f"`{k}`" for k in kinds) + ".", ""]
+            out += ["Fix kinds offered on the zoo (with those of its causes): "
+                    + ", ".join(f"`{k}`" for k in kinds) + ".", ""]
         ex = snapshot["examples"].get(code.value)
         if ex:
             out += [f"Example, from the zoo run `{ex['case']}`: *{_md(ex['message'])}*", ""]
+            if ex.get("caused_by"):
+                out += ["Explained there by " + ", ".join(f"`{c}`" for c in ex["caused_by"])
+                        + ": the fixes of that finding apply; this one keeps only the others.", ""]
             for fx in ex["fixes"]:
                 out += [f"`{fx['kind']}` — {_md(fx['summary'])}", ""]
                 if fx["code"]:

@@ -31,7 +31,7 @@ import torch
 
 from gradscope.judge.findings import Code, Severity
 from zoo.cases import ALL_CODES, CASES, Case
-from zoo.runner import Outcome, ZooRunner, fired, stable_fired
+from zoo.runner import Outcome, ZooRunner, fired, offered, stable_fired
 
 GROUPS = (("calibration", "Calibration set"), ("holdout", "Hold-out set"), ("unseen", "Unseen hold-out set"))
 """Snapshot group name → table title, in the order the tables are printed."""
@@ -94,9 +94,14 @@ def snapshot(outcomes: list[Outcome]) -> dict[str, Any]:
         for f in o.diagnosis.findings:
             if f.severity is Severity.INFO or f.code.value not in got:
                 continue
-            kinds[f.code.value] |= {fx.kind.value for fx in f.fixes}
-            if (f.code.value in o.case.must and f.code.value not in examples and group(o.case) == "calibration"):
+            kinds[f.code.value] |= offered(o.diagnosis, f)   # with its causes' fixes (judge/causes.py)
+            # The example is the first calibration finding that stands as a root cause (its fixes are its
+            # own), else the first one at all (then it names its causes).
+            old = examples.get(f.code.value)
+            if (f.code.value in o.case.must and group(o.case) == "calibration"
+                    and (old is None or (old["caused_by"] and f.is_root))):
                 examples[f.code.value] = {"case": o.case.name, "message": f.message,
+                                          "caused_by": [c.value for c in f.caused_by],
                                           "fixes": [fx.to_dict() for fx in f.fixes]}
     return {"schema": 1, "codes": sorted(ALL_CODES), "cases": rows,
             "fix_kinds": {k: sorted(v) for k, v in kinds.items()}, "examples": examples}

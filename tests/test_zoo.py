@@ -216,3 +216,26 @@ def test_fix_snippets_run_against_the_zoo_model(zoo: ZooRunner, name: str, monke
                 assert torch.isfinite(out).all() or not torch.isfinite(model0(x)).all()
             ran += 1
     assert ran >= 1, f"no snippet of {name} could run against its model"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.healthy], ids=[c.name for c in CASES if not c.healthy])
+def test_causes_lead_and_consequences_never_outrank_or_contradict_them(zoo: ZooRunner, case: Case) -> None:
+    """Issue 11 on real runs: a consequence is never more severe than a finding that explains it and offers no
+    fix of a kind its cause offers (two learning rates would contradict each other); root causes come first;
+    every named cause and consequence is a finding of the run."""
+    diag = _outcome(zoo, case).diagnosis
+    by_code = {c: [f for f in diag.findings if f.code is c] for c in {f.code for f in diag.findings}}
+    seen_consequence = False
+    for f in diag.findings:
+        if f.is_root:
+            assert not seen_consequence, f"root {f.code.value} listed after a consequence"
+        else:
+            seen_consequence = True
+        for c in f.caused_by:
+            assert by_code.get(c), f"{f.code.value} names a missing cause {c.value}"
+            for cause in by_code[c]:
+                if f.code in cause.consequences:
+                    assert f.severity.rank <= cause.severity.rank
+                    assert not {fx.kind for fx in f.fixes} & {fx.kind for fx in cause.fixes}
+        for c in f.consequences:
+            assert by_code.get(c), f"{f.code.value} names a missing consequence {c.value}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradscope.judge.diagnose import Diagnosis, diagnose
-from gradscope.judge.findings import Severity
+from gradscope.judge.findings import Finding, Severity
 from gradscope.store.load import load
 from zoo.cases import Case
 
@@ -37,10 +37,29 @@ def stable_fired(case: Case, diag: Diagnosis) -> set[str]:
     return fired(diag) - case.may
 
 
+def offered(diag: Diagnosis, finding: Finding) -> set[str]:
+    """Fix kinds offered for ``finding``: its own, and those of the findings that explain it (``caused_by``,
+    transitively). A consequence drops the fixes of a kind its cause already offers (judge/causes.py): the
+    user is told to apply the cause's, so the cause's count for it."""
+    kinds = {fx.kind.value for fx in finding.fixes}
+    seen: set[str] = set()
+    todo = [c.value for c in finding.caused_by]
+    while todo:
+        code = todo.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        for f in diag.findings:
+            if f.code.value == code and f.severity is not Severity.INFO:
+                kinds |= {fx.kind.value for fx in f.fixes}
+                todo += [c.value for c in f.caused_by]
+    return kinds
+
+
 def fix_kinds(diag: Diagnosis, code: str) -> set[str]:
-    """Fix kinds offered by the warning/error findings of ``code``."""
-    return {fx.kind.value for f in diag.findings if f.code.value == code and f.severity is not Severity.INFO
-            for fx in f.fixes}
+    """Fix kinds offered for the warning/error findings of ``code`` (with their causes', see ``offered``)."""
+    return {k for f in diag.findings if f.code.value == code and f.severity is not Severity.INFO
+            for k in offered(diag, f)}
 
 
 def check(case: Case, diag: Diagnosis) -> list[str]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from gradscope.errors import GradscopeError
-from gradscope.judge.findings import Code, Finding, Fix, NotEvaluated, Severity
+from gradscope.judge.causes import link
+from gradscope.judge.findings import Code, Finding, Fix, NotEvaluated, Severity, root_first_key
 from gradscope.judge.rules import RULES
 from gradscope.judge.rules._common import Context, Rule
 from gradscope.judge.thresholds import Thresholds
@@ -66,11 +65,6 @@ def _notes(run: Run) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def _sort_key(f: Finding) -> tuple[int, float, str]:
-    first = f.steps[0] if f.steps is not None else np.inf
-    return (-f.severity.rank, float(first), f.code.value)
-
-
 def _describe(e: BaseException, limit: int = 300) -> str:
     """``ExceptionType: message`` on one line, shortened: it goes into a report line."""
     msg = " ".join(str(e).split())
@@ -85,7 +79,9 @@ def _fixes(rule: Rule, f: Finding, run: Run, th: Thresholds) -> tuple[Fix, ...]:
 
 def diagnose(run: Run, thresholds: Thresholds | None = None, *, ignore: Iterable[str] = (),
              baseline_error: float | None = None) -> Diagnosis:
-    """Run every rule on ``run``; findings sorted by severity (errors first), then by first step.
+    """Run every rule on ``run``; findings root causes first (see ``judge/causes.py``), then by severity (errors
+    first), then by first step. A finding another one explains names it in ``caused_by`` and keeps a severity no
+    higher than its cause's.
 
     A rule (or its fixes) that raises does not abort the diagnosis: it is reported among the rules not
     evaluated as "rule failed: <ExceptionType>: <message>" (a finding whose fixes failed is kept, without
@@ -121,6 +117,12 @@ def diagnose(run: Run, thresholds: Thresholds | None = None, *, ignore: Iterable
                                                         f"reported without fixes)"))
                 fixes = ()
             ctx.findings.append(replace(f, fixes=fixes))
-    findings = tuple(sorted(ctx.findings, key=_sort_key))
+    notes = _notes(run)
+    try:
+        linked = link(ctx.findings, run, th)
+    except Exception as e:   # the findings stand without their causal links
+        linked = ctx.findings
+        notes += (f"linking causes to consequences failed: {_describe(e)}",)
+    findings = tuple(sorted(linked, key=root_first_key))
     return Diagnosis(run=run, findings=findings, not_evaluated=tuple(not_evaluated),
-                     baseline_error=ctx.baseline_error, notes=_notes(run), thresholds=th, ignored=ignored)
+                     baseline_error=ctx.baseline_error, notes=notes, thresholds=th, ignored=ignored)

@@ -71,6 +71,8 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     confidence: float = 1.0            # 0..1
     fixes: tuple[Fix, ...] = ()
+    caused_by: tuple[Code, ...] = ()   # findings of these codes explain this one (see judge/causes.py)
+    consequences: tuple[Code, ...] = ()   # findings of these codes are explained by this one
     detail: Any = field(default=None, compare=False, repr=False)
     """Typed values the rule hands to its fixes (a small frozen dataclass of the rule's own, e.g. the first
     bad step); ``evidence`` is the JSON view for people and tools and is not read back. Not serialized; fixes
@@ -83,7 +85,15 @@ class Finding:
             "steps": None if self.steps is None else list(self.steps),
             "evidence": self.evidence, "confidence": round(float(self.confidence), 3),
             "fixes": [f.to_dict() for f in self.fixes],
+            # Optional keys (absent when empty, so older readers and outputs are unchanged).
+            **({"caused_by": [c.value for c in self.caused_by]} if self.caused_by else {}),
+            **({"consequences": [c.value for c in self.consequences]} if self.consequences else {}),
         }
+
+    @property
+    def is_root(self) -> bool:
+        """No other finding of the run explains this one: it is a root cause (or stands alone)."""
+        return not self.caused_by
 
 
 @dataclass(frozen=True)
@@ -95,3 +105,10 @@ class NotEvaluated:
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code.value, "reason": self.reason}
+
+
+def root_first_key(f: Finding) -> tuple[int, int, float, str]:
+    """Root causes first, then the findings they explain; within each, most severe first, then by first step,
+    then by code. The order ``diagnose`` returns findings in, for renderers that lead with root causes."""
+    return (0 if f.is_root else 1, -f.severity.rank, float(f.steps[0]) if f.steps else float("inf"),
+            f.code.value)

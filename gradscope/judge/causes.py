@@ -1,0 +1,169 @@
+"""Root causes: which findings explain which, from the run's own evidence (no torch).
+
+Some findings are consequences of others: a learning rate far too high makes the loss diverge, a mis-scaled
+initialization makes gradients vanish through the stack, raw inputs saturate the first layer. ``LINKS`` lists
+each such relation with the condition under which it holds *for this run* (a direction, a shared layer, an
+order in time), never mere co-occurrence. ``link(findings, run, thresholds)`` then:
+
+- names the causes in each consequence (``caused_by``) and the consequences in each cause (``consequences``);
+- raises a cause to the severity of the worst finding it explains (a consequence never outranks its cause,
+  and the run's worst severity is unchanged);
+- drops from a consequence the fixes of a kind one of its causes already offers: the cause's fix is the one
+  to apply, and two learning-rate fixes with different values would contradict each other.
+
+Consequences keep their code and stay warnings or errors: ``--fail-on``, the zoo's verdicts and ``--ignore``
+work as before. Links are between warning/error findings only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from gradscope.judge.findings import Code, Finding, Severity
+from gradscope.judge.rules._common import early_count, nanmedian, safe_div, stat
+from gradscope.judge.rules.gradients import ExplodingDetail
+from gradscope.judge.rules.loss import FirstStep
+from gradscope.judge.rules.optim import LearningRateDetail
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.run import Run
+
+Condition = Callable[[Finding, Finding, Run, Thresholds], bool]
+
+
+@dataclass(frozen=True)
+class Link:
+    """``cause`` explains ``effect`` on a run when ``when(cause_finding, effect_finding, run, thresholds)``."""
+
+    cause: Code
+    effect: Code
+    when: Condition
+    why: str
+
+
+def _lr(direction: str) -> Condition:
+    def when(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+        d = c.detail if isinstance(c.detail, LearningRateDetail) else None
+        return (d.direction if d is not None else c.evidence.get("direction")) == direction
+    return when
+
+
+def _shares_layer(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    return bool(set(c.layers) & set(e.layers))
+
+
+def _first_step(f: Finding) -> int | None:
+    if isinstance(f.detail, ExplodingDetail | FirstStep):
+        s = f.detail.first_step if isinstance(f.detail, ExplodingDetail) else f.detail.step
+        if s is not None:
+            return s
+    return f.steps[0] if f.steps else None
+
+
+def _before(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    a, b = _first_step(c), _first_step(e)
+    return a is not None and b is not None and a <= b
+
+
+def _init_shows_in_depth(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The init changed the signal through depth from the first steps, or it mis-scaled a layer the
+    consequence names."""
+    return "early_activation_depth_ratio" in c.evidence or _shares_layer(c, e, run, th)
+
+
+def _alive_early_then_dead(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The dead layer was alive once its dead window first filled: the units died during training (large
+    updates), not at init (a negative bias, a zero init)."""
+    dead, units = stat(run, "layer", "dead"), stat(run, "layer", "units")
+    if dead is None or units is None or not e.layers or run.header is None:
+        return False
+    names = [la.name for la in run.layers]
+    if e.layers[0] not in names:
+        return False
+    i = names.index(e.layers[0])
+    start = max(run.header.dead_window - 1, 0)
+    rows = np.arange(start, min(dead.shape[0], start + early_count(max(dead.shape[0] - start, 1), th)))
+    if rows.size == 0:
+        return False
+    early = float(nanmedian(safe_div(dead[rows, i], units[rows, i])))
+    return bool(np.isfinite(early) and early < th.dead_fraction)
+
+
+def _first_layer(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The consequence names the layer that reads the raw input."""
+    return bool(c.layers) and c.layers[0] in e.layers
+
+
+LINKS: tuple[Link, ...] = (
+    Link(Code.LEARNING_RATE, Code.DIVERGENCE, _lr("high"),
+         "steps far too large for the loss surface overshoot until numbers overflow"),
+    Link(Code.LEARNING_RATE, Code.UNSTABLE_LOSS, _lr("high"), "steps that overshoot make the loss spike"),
+    # Not learning_rate → exploding_gradients: both are read from the same update and gradient sizes, and in
+    # recurrent nets or with an unscaled target the gradients explode whatever the step; naming one the cause
+    # of the other would guess.
+    Link(Code.LEARNING_RATE, Code.DEAD_RELU, lambda c, e, r, t: _lr("high")(c, e, r, t)
+         and _alive_early_then_dead(c, e, r, t),
+         "a large update pushes a unit's pre-activation negative for every input, where it gets no gradient"),
+    Link(Code.LEARNING_RATE, Code.UNDERFITTING, _lr("low"), "steps too small to fit in the time trained"),
+    Link(Code.EXPLODING_GRADIENTS, Code.DIVERGENCE, _before,
+         "gradients that kept growing overflow to NaN/Inf"),
+    Link(Code.POOR_INIT, Code.VANISHING_GRADIENTS, _init_shows_in_depth,
+         "a per-layer gain below one compounds with depth from the first step"),
+    Link(Code.POOR_INIT, Code.EXPLODING_GRADIENTS, _init_shows_in_depth,
+         "a per-layer gain above one compounds with depth from the first step"),
+    Link(Code.POOR_INIT, Code.SATURATION, _shares_layer, "weights too large put pre-activations in the flat tails"),
+    Link(Code.POOR_INIT, Code.DEAD_RELU, _shares_layer, "weights that start equal (or mis-scaled) leave units "
+         "that never fire"),
+    Link(Code.SATURATION, Code.VANISHING_GRADIENTS, _shares_layer,
+         "a saturated unit passes almost no gradient to the layers below it"),
+    Link(Code.UNNORMALIZED_INPUT, Code.SATURATION, _first_layer,
+         "a raw input's scale puts the first layer's pre-activations in the flat tails"),
+    Link(Code.UNNORMALIZED_INPUT, Code.DEAD_RELU, _first_layer,
+         "an offset input pushes the first layer's pre-activations to one side"),
+)
+"""Every cause → consequence relation gradscope knows, with the condition that makes it hold on a run."""
+
+
+def _loud(f: Finding) -> bool:
+    return f.severity is not Severity.INFO
+
+
+def link(findings: list[Finding], run: Run, th: Thresholds) -> list[Finding]:
+    """The findings with ``caused_by``/``consequences`` set, causes raised to their worst consequence's
+    severity and consequences' fixes that a cause already offers (same kind) dropped."""
+    edges: set[tuple[int, int]] = set()
+    for li in LINKS:
+        for i, c in enumerate(findings):
+            if c.code is not li.cause or not _loud(c):
+                continue
+            for j, e in enumerate(findings):
+                if i != j and e.code is li.effect and _loud(e) and li.when(c, e, run, th):
+                    edges.add((i, j))
+    if not edges:
+        return findings
+    causes = {j: {i for i, jj in edges if jj == j} for j in range(len(findings))}
+    effects = {i: {j for ii, j in edges if ii == i} for i in range(len(findings))}
+
+    def closure(start: int, graph: dict[int, set[int]]) -> set[int]:
+        seen: set[int] = set()
+        todo = list(graph[start])
+        while todo:
+            k = todo.pop()
+            if k not in seen:
+                seen.add(k)
+                todo += graph[k]
+        return seen
+
+    out: list[Finding] = []
+    for k, f in enumerate(findings):
+        below = closure(k, effects)
+        above = closure(k, causes)
+        severity = max([f.severity, *(findings[j].severity for j in below)], key=lambda s: s.rank)
+        taken = {fx.kind for a in above for fx in findings[a].fixes}
+        fixes = tuple(fx for fx in f.fixes if fx.kind not in taken) if above else f.fixes
+        out.append(replace(f, severity=severity, fixes=fixes,
+                           caused_by=tuple(dict.fromkeys(findings[i].code for i in sorted(causes[k]))),
+                           consequences=tuple(dict.fromkeys(findings[j].code for j in sorted(effects[k])))))
+    return out
