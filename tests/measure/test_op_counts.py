@@ -108,6 +108,16 @@ def _step_counts(depth: int, logdir: Path | None, *, steps: int = 4, width: int 
     return counters
 
 
+SYNCING_OPS = frozenset({"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "unique", "_unique",
+                         "_unique2", "unique_consecutive", "unique_dim", "is_nonzero", "equal", "repeat_interleave",
+                         "bincount", "histc"})
+"""ATen ops that make the host wait for a CUDA device: ``.item()``/``float(t)``/``if t:``
+(``_local_scalar_dense``, ``is_nonzero``), outputs whose size depends on the data (``nonzero``, boolean-mask
+indexing, ``masked_select``, ``unique``, ``repeat_interleave`` without output size, ``bincount``/``histc``
+sizing their output from the data's max). ``.tolist()``/``.cpu()`` of the step's statistics is the one
+allowed sync and is no ATen op on a CPU tensor, so on CPU a step must add none of these at all."""
+
+
 def _added(depth: int, tmp: Path, step: int, **kw: Any) -> int:
     plain = _step_counts(depth, None, **kw)[step].total
     watched = _step_counts(depth, tmp / f"d{depth}", **kw)[step].total
@@ -180,3 +190,23 @@ def test_bf16_recorded_step_allocates_no_fp32_copy_of_activations(tmp_path: Path
     # Not one new buffer the size of a bf16 activation, let alone its fp32 copy:
     one = batch * width * 2
     assert sum(b >= one for b in watched.sizes) == sum(b >= one for b in plain.sizes)
+
+
+def test_no_step_adds_an_op_that_waits_for_the_device(tmp_path: Path) -> None:
+    """Host syncs stall the CPU's run-ahead of the GPU: neither an unrecorded nor a recorded step may add one
+    (besides the record's single transfer, which is not an op on CPU). Histograms are off here (rare steps,
+    documented syncs)."""
+    plain = _step_counts(16, None)
+    watched = _step_counts(16, tmp_path)
+    for step in (UNRECORDED, RECORDED):
+        extra = {op: watched[step].ops[op] - plain[step].ops[op] for op in SYNCING_OPS}
+        assert {op: n for op, n in extra.items() if n} == {}, f"step {step}"
+
+
+def test_sync_check_sees_an_item_call() -> None:
+    c = OpCounter()
+    with c:
+        t = torch.ones(3)
+        float(t.sum())
+        t[t > 0].sum()
+    assert c.ops["_local_scalar_dense"] == 1 and c.ops["nonzero"] + c.ops["index"] >= 1
