@@ -12,7 +12,7 @@ import pytest
 from gradscope.demo import PROBLEMS, SMALL_ENV
 from gradscope.judge.findings import Severity
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROBLEM_EXAMPLES = ["vanishing", "exploding", "dead_relu", "saturation", "overfitting", "underfitting"]
 
 

@@ -24,7 +24,7 @@ from tests.logfactory import (
     write_tb_scalars,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str) -> Result:

@@ -21,7 +21,7 @@ from gradscope.store.tb_scalars import (
 )
 from tests.logfactory import write_tb_scalars
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pts(n: int, f=lambda i: float(i)) -> list[tuple[int, float]]:
