@@ -111,3 +111,13 @@ def test_direct_call_checks_needs() -> None:
 
     out = RULES[Code.DEAD_RELU](metrics_only_run({}), Thresholds(), Context())
     assert not isinstance(out, list) and "no gradscope log" in out.reason
+
+
+def test_a_failure_in_linking_causes_keeps_the_findings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradscope.judge.diagnose as dmod
+
+    run = load(_log(tmp_path), warn=False)[0]
+    monkeypatch.setattr(dmod, "link", _raise)
+    d = diagnose(run)
+    assert {"dead_relu", "overfitting"} <= d.codes()
+    assert any(n.startswith("linking causes to consequences failed: ZeroDivisionError") for n in d.notes)
