@@ -230,6 +230,22 @@ def test_bin_tensors_matches_numpy() -> None:
     assert everything_bad.num == 0 and everything_bad.nonfinite == 3
 
 
+def test_bin_tensors_of_bf16_tensors_bin_their_values_exactly() -> None:
+    """bf16 weights and gradients are binned tensor by tensor (no fp32 copy of all of them at once) with the
+    same counts as their fp32 values, NaN/Inf counted apart, and every value lands in a bin (the max too)."""
+    gen = torch.Generator().manual_seed(1)
+    a = (torch.randn(4096, generator=gen) * 3).to(torch.bfloat16)
+    b = torch.randn(300, generator=gen).to(torch.bfloat16)
+    b[::50] = math.inf
+    got = bin_tensors([("weights", "a", a), ("grads", "b", b)])
+    want = bin_tensors([("weights", "a", a.float()), ("grads", "b", b.float())])
+    for g, w in zip(got, want, strict=True):
+        assert (g.lo, g.hi, g.num, g.nonfinite, g.counts) == (w.lo, w.hi, w.num, w.nonfinite, w.counts)
+        assert g.sum == pytest.approx(w.sum, rel=1e-6) and g.sum_squares == pytest.approx(w.sum_squares, rel=1e-6)
+    assert sum(got[0].counts) == 4096 and got[1].nonfinite == 6 and sum(got[1].counts) == 294
+    assert got[0].counts[-1] >= 1   # the maximum is in the last bin, as histc puts it
+
+
 def test_gradient_flow_image_colours() -> None:
     g = np.array([[1e-6, 1e-6, np.nan], [1e-3, 1e-3, 1e-3], [1.0, 1.0, 1.0]])   # (layers, steps)
     img = render_gradient_flow(g, [0, 10, 20], ["first", "middle", "last"])

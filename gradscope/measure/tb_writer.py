@@ -310,17 +310,21 @@ def bin_tensors(tensors: Sequence[tuple[str, str, torch.Tensor]], bins: int = HI
     """
     if not tensors:
         return []
-    flats = [t.reshape(-1).float() for _, _, t in tensors]
+    # Views in each tensor's own dtype: an fp32 copy is made one tensor at a time, while binning it, never of
+    # every weight and gradient at once (with bf16 weights that was twice the model in fp32 on this step).
+    flats = [t.reshape(-1) for _, _, t in tensors]
     host = torch.device("cpu")
-    first = torch.stack([torch.stack([x.min(), x.max(), x.sum()]).double().cpu() if x.numel() else
-                         torch.full((3,), math.nan, dtype=torch.float64, device=host) for x in flats]).tolist()
+    first = torch.stack([torch.stack([x.amin(), x.amax(), x.sum(dtype=torch.float32)]).double().cpu()
+                         if x.numel() else torch.full((3,), math.nan, dtype=torch.float64, device=host)
+                         for x in flats]).tolist()
     ranges: list[tuple[float, float, int]] = []
     exact: dict[int, torch.Tensor] = {}
     for i, (x, (lo, hi, total)) in enumerate(zip(flats, first, strict=True)):
         if x.numel() and not math.isfinite(total):   # NaN/Inf inside (or a finite overflow): exact path
             fin = torch.isfinite(x)
-            exact[i] = torch.stack([torch.where(fin, x, math.inf).min(), torch.where(fin, x, -math.inf).max(),
-                                    (~fin).sum().float()]).double().cpu()
+            exact[i] = torch.stack([torch.where(fin, x, math.inf).min().double(),
+                                    torch.where(fin, x, -math.inf).max().double(),
+                                    (~fin).sum().double()]).cpu()
         ranges.append((lo, hi, 0))
     if exact:
         for i, v in zip(exact, torch.stack(list(exact.values())).tolist(), strict=True):
@@ -331,8 +335,9 @@ def bin_tensors(tensors: Sequence[tuple[str, str, torch.Tensor]], bins: int = HI
         if xf.numel() == 0:
             rows.append(torch.zeros(bins + 3, dtype=torch.float64, device=host))
             continue
+        xf = xf.float()   # this tensor's fp32 copy (none for fp32), freed before the next one
         counts = _bin(xf, bins, lo, hi) if hi > lo else torch.zeros(bins, device=xf.device)
-        moments = torch.stack([xf.new_tensor(float(xf.numel())), xf.sum(), torch.dot(xf, xf)])
+        moments = torch.stack([xf.new_full((), float(xf.numel())), xf.sum(), torch.dot(xf, xf)])
         rows.append(torch.cat([moments, counts]).double().cpu())
     values = torch.stack(rows).tolist()
     out = []
