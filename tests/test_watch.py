@@ -105,14 +105,18 @@ def test_statistics_match_a_naive_reference(tmp_path: Path) -> None:
         assert row[L["zero_frac"]] == pytest.approx((z == 0).double().mean().item())
         assert row[L["units"]] == z.shape[1]
         assert row[L["inactive"]] == int((z.amax(0) <= 0).sum())
-        assert row[L["grad_norm"]] == pytest.approx(outs[mi].grad.norm().item(), rel=1e-5)
+        # fp32 Σg² over up to 360,000 elements: its rounding follows the SIMD lanes the kernel accumulates in
+        # (~1e-5 of the norm with NEON's 4, 8e-5 fully sequential): exact fp64 reference, rel=1e-4.
+        assert row[L["grad_norm"]] == pytest.approx(outs[mi].grad.double().norm().item(), rel=1e-4)
         assert row[L["nonfinite"]] == 0
     t = torch.tanh(outs[2].detach().double())
     per_unit = (1 - t**2).mean(0)
     assert rec.layers[1][L["dmean"]] == pytest.approx(per_unit.mean().item(), rel=1e-5)
     assert rec.layers[1][L["saturated"]] == int((per_unit < 0.1).sum())
     total = math.sqrt(sum(g.double().pow(2).sum().item() for g in grads.values()))
-    assert rec.grad_norm == pytest.approx(total, rel=1e-5)
+    # The 2.7M-entry weight's fp32 gradient norm is off by 1.4e-4 with 8 SIMD lanes, 3.4e-4 with NEON's 4; as
+    # 4% of Σg², that moves the total by ~5e-6 on x86, ~1.3e-5 on arm64, 7e-5 fully sequential.
+    assert rec.grad_norm == pytest.approx(total, rel=1e-4)
     names = [p.name for p in read_log(log_path(tmp_path)).header.params]
     for j, n in enumerate(names):
         g, norm, ratio, bad = rec.params[j]
@@ -216,7 +220,7 @@ def test_nonfinite_first_step_and_layer(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with pytest.warns(GradscopeWarning, match="first NaN/Inf at step 7 in activations of 2"), \
+    with pytest.warns(GradscopeWarning, match=r"first NaN/Inf at step 7 in activations of model\[2\]"), \
             gradscope.watch(model, tmp_path, every=50, tensorboard=False):
         for step in range(12):
             if step == 7:

@@ -73,15 +73,16 @@ class GradscopeCallback(Callback):
     # Lightning calls ``training_step``, not the LightningModule's ``forward``, so the root forward hooks that
     # find training steps in plain PyTorch may never fire. The window from batch start to ``on_before_backward``
     # is the training forward instead (when ``training_step`` does call ``self(x)`` the hooks see that the
-    # window is already open and the result is the same).
+    # window is already open and the result is the same). ``StepClock.begin_forward``/``end_forward`` are the
+    # public API for exactly this.
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self.scope is not None and not self.scope.closed:
-            self.scope._root_pre(pl_module, (batch,))
+            self.scope.clock.begin_forward(pl_module, (batch,))
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any) -> None:
         if self.scope is not None and not self.scope.closed:
-            self.scope._root_post(pl_module, (), loss)
+            self.scope.clock.end_forward(pl_module, loss)
 
     # ------------------------------------------------------------------------------------------- metrics
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
