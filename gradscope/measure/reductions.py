@@ -59,7 +59,10 @@ def saturating(act: str | None) -> bool:
 class LayerAcc:
     """Running sums of one layer's output over the calls of one step (shared modules, micro-batches).
 
-    Every field is a 0-d or 1-d fp32/int64 tensor on the activation's device, or a Python int.
+    Every tensor field is on the activation's device: sums (``s``, ``ss``, ``nonfinite``, ``unit_dsum``,
+    ``gsq``) are fp32, ``nonzero`` int64, and the extremes (``lo``, ``hi``, ``unit_max``) stay in the
+    activation's own dtype (exact there; converting them would be one more kernel per layer). Counts of
+    elements and calls are Python ints.
     """
 
     count: int = 0
@@ -69,7 +72,7 @@ class LayerAcc:
     lo: torch.Tensor | None = None       # min x
     hi: torch.Tensor | None = None       # max x
     nonzero: torch.Tensor | None = None  # count of x != 0
-    nonfinite: torch.Tensor | None = None
+    nonfinite: torch.Tensor | None = None  # NaN/Inf elements (estimated: NONFINITE_SAMPLE)
     unit_max: torch.Tensor | None = None   # (U,) max over samples, for dead units
     unit_dsum: torch.Tensor | None = None  # (U,) Σ normalized derivative, for saturation
     unit_n: int = 0                        # elements per unit behind unit_dsum
@@ -77,6 +80,7 @@ class LayerAcc:
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    """``a + b``, or ``b`` for the first call of the step."""
     return b if a is None else a + b
 
 
