@@ -229,9 +229,10 @@ def accumulate_derivative(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act:
 
 
 def _row_sample(x: torch.Tensor, unit_dim: int, limit: int) -> torch.Tensor:
-    """``x`` itself when it has at most ``limit`` elements, else a view of evenly spaced rows (indices along
-    the leading non-unit dim; for a single huge sample, evenly spaced positions of its trailing dims) that
-    keeps every unit and at most ~``limit`` elements."""
+    """``x`` itself when it has at most ``limit`` elements, else a view that keeps every unit and about
+    ``limit`` elements: evenly spaced rows (indices along the leading non-unit dim), or, when one row alone
+    is over the limit (a huge feature map or sequence), the first row with evenly spaced positions along its
+    innermost non-unit dim."""
     n = x.numel()
     if n <= limit or x.dim() < 2:
         return x
