@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, Severity
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, Severity
 from gradscope.judge.rules._common import early_count, nanmedian, safe_div, stat
 from gradscope.judge.rules.gradients import ExplodingDetail
 from gradscope.judge.rules.loss import FirstStep
@@ -43,10 +43,14 @@ class Link:
     why: str
 
 
+def _direction(f: Finding) -> object:
+    """"high" or "low" for a learning_rate finding (its typed detail, else its evidence)."""
+    return f.detail.direction if isinstance(f.detail, LearningRateDetail) else f.evidence.get("direction")
+
+
 def _lr(direction: str) -> Condition:
     def when(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
-        d = c.detail if isinstance(c.detail, LearningRateDetail) else None
-        return (d.direction if d is not None else c.evidence.get("direction")) == direction
+        return _direction(c) == direction
     return when
 
 
@@ -130,9 +134,30 @@ def _loud(f: Finding) -> bool:
     return f.severity is not Severity.INFO
 
 
+_BACKS_OFF = (Code.DIVERGENCE, Code.EXPLODING_GRADIENTS, Code.DEAD_RELU, Code.SATURATION, Code.UNSTABLE_LOSS)
+"""Codes whose learning-rate fix lowers the rate by ``fix_lr_backoff``, a rule of thumb."""
+
+
+def _one_learning_rate(findings: list[Finding]) -> list[Finding]:
+    """When the learning rate is judged too high, every finding that also says "lower the learning rate" gives
+    the learning_rate finding's value (derived from the measured update/weight ratios) instead of its own rule
+    of thumb: a report never asks for two different learning rates."""
+    source = next((f for f in findings if f.code is Code.LEARNING_RATE and _loud(f) and _direction(f) == "high"
+                   and f.fixes and f.fixes[0].kind is FixKind.LEARNING_RATE and f.fixes[0].code), None)
+    if source is None:
+        return findings
+    lr = source.fixes[0]
+    same = Fix(FixKind.LEARNING_RATE, f"{lr.summary} (the value the learning_rate finding derives from the "
+                                      f"update/weight ratios)", lr.code)
+    return [replace(f, fixes=tuple(same if fx.kind is FixKind.LEARNING_RATE else fx for fx in f.fixes))
+            if f.code in _BACKS_OFF else f for f in findings]
+
+
 def link(findings: list[Finding], run: Run, th: Thresholds) -> list[Finding]:
     """The findings with ``caused_by``/``consequences`` set, causes raised to their worst consequence's
-    severity and consequences' fixes that a cause already offers (same kind) dropped."""
+    severity and consequences' fixes that a cause already offers (same kind) dropped; learning-rate fixes
+    agree on one value (``_one_learning_rate``)."""
+    findings = _one_learning_rate(findings)
     edges: set[tuple[int, int]] = set()
     for li in LINKS:
         for i, c in enumerate(findings):

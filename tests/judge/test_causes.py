@@ -86,3 +86,16 @@ def test_diagnose_leads_with_the_root_cause() -> None:
     assert d.worst is Severity.ERROR
     assert FixKind.LEARNING_RATE not in {fx.kind for fx in div.fixes}
     assert FixKind.LEARNING_RATE in {fx.kind for fx in d.findings[0].fixes}
+
+
+def test_one_learning_rate_in_a_report() -> None:
+    """A too-high learning rate and exploding gradients that are not its consequence: both would lower the
+    learning rate, to different values; the exploding finding now gives the learning_rate finding's value."""
+    exploding = Finding(Code.EXPLODING_GRADIENTS, Severity.ERROR, "e", "m", steps=(2, 9), fixes=(CLIP, LR_FIX_2))
+    lr, exp = link([_lr("high"), exploding], healthy_run(), TH)
+    assert exp.is_root                                          # no causal claim between these two
+    lr_codes = {fx.code for f in (lr, exp) for fx in f.fixes if fx.kind is FixKind.LEARNING_RATE}
+    assert lr_codes == {LR_FIX.code}
+    assert [fx.kind for fx in exp.fixes] == [FixKind.CLIPPING, FixKind.LEARNING_RATE]
+    low = link([_lr("low"), exploding], healthy_run(), TH)[1]  # too low: nothing to agree on, left alone
+    assert low.fixes == exploding.fixes
