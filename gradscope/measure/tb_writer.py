@@ -126,7 +126,7 @@ class TensorBoardMirror:
         each here, 17× a value in a shared event), and a record carries dozens of values."""
         if not self._buf:
             return
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]
 
         writer = self._w._get_file_writer()
         for step, values in self._buf.items():

@@ -176,14 +176,17 @@ def test_watched_training_creates_no_tensor_on_the_default_device(tmp_path: Path
     assert recorded == (list(range(steps)) if every == 1 else [0, 1])   # warmup=2, then every 20th
     for rec in log.steps:
         rows = [row for row in rec.layers if row is not None]
-        assert rows and all(row[L["count"]] > 0 and row[L["var"]] is not None and math.isfinite(row[L["var"]])
-                            for row in rows)
+        assert rows
+        for row in rows:
+            count, var = row[L["count"]], row[L["var"]]
+            assert count is not None and count > 0 and var is not None and math.isfinite(var)
         assert rec.grad_norm is not None and rec.grad_norm > 0
         if name in ("float-image", "dict", "tuple", "rnn") and rec.step < 2:
             assert rec.input is not None and rec.input.count > 0   # the floating-point input path ran
     if name == "float-image":   # pixel-like input: mean ~100, std ~50
         first = log.steps[0].input
-        assert first is not None and 80 < first.mean < 120 and 35 < first.std < 65
+        assert first is not None and first.mean is not None and first.std is not None
+        assert 80 < first.mean < 120 and 35 < first.std < 65
     if name == "int-tokens":
         assert log.steps[0].input is None   # integer input: no input statistics
 
@@ -191,7 +194,9 @@ def test_watched_training_creates_no_tensor_on_the_default_device(tmp_path: Path
 def test_histograms_and_tensorboard_under_a_foreign_default_device(tmp_path: Path) -> None:
     """The TensorBoard mirror with histograms on every recorded step (``bin_tensors``) under a meta default."""
     _train_watched("float-image", tmp_path, every=1, steps=3, tensorboard=True)
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import (  # type: ignore[import-untyped]
+        EventAccumulator,
+    )
 
     acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
     acc.Reload()
