@@ -79,8 +79,8 @@ class Guard:
     """Runs gradscope's code so that it can fail without failing the user's training.
 
     ``write``: how a problem record reaches the log (the guard never raises from it). ``step``: the current
-    step, for the record. ``on_everything_off``: called once when a failure turns the whole watch off (it
-    removes the hooks). ``where``: named in the warning (the log path).
+    step, for the record. ``on_everything_off``: called once when a failure turns the whole watch off (the
+    hooks return at once from then on, and are removed at close). ``where``: named in the warning (the log path).
     """
 
     def __init__(self, write: Callable[[dict[str, Any]], None], step: Callable[[], int],

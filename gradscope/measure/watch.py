@@ -385,6 +385,8 @@ class Watch:
                 raise TypeError(f"gradscope: log({k}=...) needs a number a float can hold or a one-element "
                                 f"tensor, got {type(v).__name__}") from None
             values[k] = f
+        if self._guard.everything_off:
+            return
         self._write(MetricsRecord(step=s, values=values).to_dict())
         if not self._nonfinite_found and any(k.endswith("loss") and v is not None and not math.isfinite(v)
                                              for k, v in values.items()):
@@ -490,9 +492,15 @@ class Watch:
         self._scaler.release()
 
     def _everything_off(self) -> None:
-        """The guard turned gradscope off: remove the hooks now (the log stays open for the close record)."""
-        self._clock.detach()
+        """The guard turned gradscope off: every hook returns at once from now on (they are removed at close:
+        removing them here could mutate a hook dict torch is iterating, e.g. the optimizer's post-step hooks),
+        and what the open step held is dropped. The log stays open for the close record."""
         self._stop_tracing()
+        self._layer_stats.reset()
+        self._updates.clear()
+        self._checks.clear()
+        self._forward_outputs = []
+        self._grad = self._clip = self._input = None
 
     def _clock_step(self) -> int:
         return self._clock.step
