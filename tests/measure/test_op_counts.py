@@ -25,12 +25,14 @@ import gradscope
 from gradscope.measure.reductions import LayerAcc, accumulate_grad, accumulate_output
 
 RECORDED_OPS_PER_LAYER = 42
-"""Bound on the ATen ops a recorded step adds per watched layer of an fp32 MLP (all of gradscope: measured
-41 on 2026-11-29 after the reductions were fused, 43 before; a bf16 model also lost an fp32 copy per layer
-output and gradient). Of those, ``reductions`` (the statistics of one
-output and its gradient) are bounded by ``REDUCTION_OPS`` below; the rest is per-layer assembly in
-watch.py (``_layer_vector``: dead/inactive/saturated counts, dtype casts, one stack per layer) and the
-parameter samples, which batching across layers would make O(1) (``HANDFUL_PER_LAYER``)."""
+"""Bound on the ATen ops a recorded step adds per watched layer of an fp32 MLP (all of gradscope: 43 before
+the reductions were fused, 41 after, 39 once the record assembly moved to assemble.py, 2026-11-29; a bf16
+model also lost an fp32 copy per layer output and gradient). Of those, ``reductions`` (the statistics of
+one output and its gradient) are bounded by ``REDUCTION_OPS`` below; the rest is the per-layer assembly
+(``assemble.LayerStats._vector``: dead/inactive/saturated counts, dtype casts, one stack per layer) and the
+parameter samples; ``reductions.layer_matrix`` does the assembly in O(1) ops (``HANDFUL_PER_LAYER``)."""
+
+HANDFUL_PER_LAYER``)."""
 
 HANDFUL_PER_LAYER = 12
 """The target for a recorded step: a handful of ops per watched layer (xfail until the per-layer assembly in
@@ -127,9 +129,8 @@ def _added(depth: int, tmp: Path, step: int, **kw: Any) -> int:
 UNRECORDED, RECORDED = 2, 3
 
 
-@pytest.mark.xfail(strict=False, reason="the unrecorded hot path (watch.py, measure-A) still adds a NaN/Inf probe "
-                                        "per layer: 13 ops at 4 layers, 133 at 64 (2026-11-29)")
 def test_unrecorded_step_adds_ops_independent_of_depth(tmp_path: Path) -> None:
+    """4 ops at 4 layers and at 64 (2026-11-29; the per-layer NaN/Inf probe made it 13 and 133)."""
     shallow, deep = _added(4, tmp_path, UNRECORDED), _added(64, tmp_path, UNRECORDED)
     assert deep == shallow, f"unrecorded step adds {shallow} ops at 4 layers, {deep} at 64"
 
@@ -141,7 +142,7 @@ def test_recorded_step_adds_a_bounded_number_of_ops_per_layer(tmp_path: Path) ->
 
 
 @pytest.mark.xfail(strict=False, reason="per-layer assembly (assemble.LayerStats._vector) is not batched across "
-                                        "layers yet (reductions.layer_matrix does it in O(1) ops): ~41 ops per "
+                                        "layers yet (reductions.layer_matrix does it in O(1) ops): 39 ops per "
                                         "layer (2026-11-29)")
 def test_recorded_step_adds_a_handful_of_ops_per_layer(tmp_path: Path) -> None:
     per_layer = (_added(64, tmp_path, RECORDED) - _added(4, tmp_path, RECORDED)) / 60
