@@ -109,7 +109,11 @@ def _findings(s: Findings) -> list[str]:
     if not s.items:
         out += [s.empty_text, ""]
     for f in s.items:
-        out += [f"#### {f.severity.value.upper()} · {code(f.code)} — {text(f.title)}", "", text(f.message), ""]
+        # A consequence is one heading level below the finding that explains it (at most h6).
+        level = "#" * min(4 + f.depth, 6)
+        arrow = "↳ " if f.depth else ""
+        out += [f"{level} {arrow}{f.severity.value.upper()} · {code(f.code)} — {text(f.title)}", "",
+                text(f.message), ""]
         meta = []
         if f.layers:
             meta.append("layers: " + ", ".join(code(la) for la in f.layers))
@@ -117,10 +121,16 @@ def _findings(s: Findings) -> list[str]:
             meta.append(f"steps: {f.steps}")
         meta.append(f"confidence: {f.confidence}")
         out += [" · ".join(meta), ""]
+        if f.caused_by:
+            out += ["Caused by: " + ", ".join(code(c) for c in f.caused_by), ""]
+        if f.consequences:
+            out += ["Explains: " + ", ".join(code(c) for c in f.consequences), ""]
         for fx in f.fixes:
             out.append(f"- **{fx.kind}**: {text(fx.summary)}")
             if fx.code:
                 out += ["", *fenced(fx.code, "python", indent="  ")]
         if f.fixes:
             out.append("")
+        elif f.caused_by:
+            out += ["- **fix**: see " + ", ".join(code(c) for c in f.caused_by) + " (its cause)", ""]
     return out

@@ -23,7 +23,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 
 from gradscope._numbers import finite, fmt_num, fmt_pct
 from gradscope.errors import GradscopeWarning
-from gradscope.judge.findings import Finding, Severity
+from gradscope.judge.findings import Finding, Severity, root_first_key
 from gradscope.judge.notes import CLIPPING_NOTE, report_notes
 from gradscope.judge.thresholds import Thresholds
 from gradscope.show import markdown, text
@@ -172,7 +172,8 @@ class Report:
     def _run_entry(self, index: int) -> dict[str, Any]:
         d = self.diagnoses[index]
         return {"run": self._run_dict(index),
-                "findings": [f.to_dict() for f in sorted(d.findings, key=severity_key)]}
+                # The judge's order (root causes first); sorting again only orders a hand-built diagnosis.
+                "findings": [f.to_dict() for f in sorted(d.findings, key=root_first_key)]}
 
     def to_dict(self) -> dict[str, Any]:
         """One run: ``{"schema", "run", "findings"}``; several: ``{"schema", "runs": [{"run", "findings"}],

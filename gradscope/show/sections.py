@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradscope._numbers import DASH, finite, fmt_num, fmt_pct
-from gradscope.judge.findings import Finding, Severity
+from gradscope.judge.findings import Finding, Severity, root_first_key
 from gradscope.judge.notes import dying_layers, report_notes
 from gradscope.show.safe import clean, clean_line
 from gradscope.store.run import CANONICAL_METRICS, Run
@@ -156,6 +156,39 @@ def severity_key(f: Finding) -> tuple[int, int, str]:
     return (-f.severity.rank, f.steps[0] if f.steps else -1, f.code.value)
 
 
+def causal_order(findings: Sequence[Finding]) -> list[tuple[Finding, int]]:
+    """The findings in reading order, each with its depth: root causes first in the judge's order
+    (``root_first_key``), each followed by the findings it explains, one level deeper.
+
+    A consequence is placed under the last of its causes to be shown (``poor_init → saturation →
+    vanishing_gradients`` reads as a chain, not twice), and each finding appears exactly once. A finding
+    names a cause by code; the cause is a finding of that code that names it back as a consequence. Links
+    that do not resolve (a hand-built diagnosis, a cause the caller removed) leave the finding at the top.
+    """
+    fs = sorted(findings, key=root_first_key)
+    n = len(fs)
+    causes: list[list[int]] = [[k for k in range(n) if k != j and fs[k].code in fs[j].caused_by
+                                and fs[j].code in fs[k].consequences] for j in range(n)]
+    children: list[list[int]] = [[j for j in range(n) if k in causes[j]] for k in range(n)]
+    shown = [False] * n
+    out: list[tuple[Finding, int]] = []
+
+    def visit(i: int, depth: int) -> None:
+        shown[i] = True
+        out.append((fs[i], depth))
+        for j in children[i]:
+            if not shown[j] and all(shown[k] for k in causes[j]):
+                visit(j, depth + 1)
+
+    for i in range(n):                      # the roots, and findings whose causes are not in the list
+        if not shown[i] and not causes[i]:
+            visit(i, 0)
+    for i in range(n):                      # only a cycle in hand-built links gets here
+        if not shown[i]:
+            visit(i, 0)
+    return out
+
+
 def steps_text(steps: tuple[int, int] | None) -> str:
     if steps is None:
         return DASH
@@ -197,11 +230,15 @@ class FindingView:
     steps: str | None                  # "37" or "10–39"; None when the finding has no step range
     confidence: str                    # "0.90"
     fixes: tuple[FixView, ...]
+    depth: int = 0                     # 0: a root cause (or a finding on its own); n: folded n levels under a cause
+    caused_by: tuple[str, ...] = ()    # codes of the findings that explain this one
+    consequences: tuple[str, ...] = ()  # codes of the findings this one explains
 
 
 @dataclass(frozen=True)
 class Findings:
-    """The findings, most severe first; ``empty_text`` is what to say when there are none."""
+    """The findings in ``causal_order``: root causes first, each followed by what it explains (``depth``);
+    ``empty_text`` is what to say when there are none."""
 
     items: tuple[FindingView, ...]
     empty_text: str
@@ -284,16 +321,22 @@ def _summary(d: Diagnosis) -> Summary:
                          for s, n in sorted(counts.items(), key=lambda kv: -kv[0].rank) if n)
                or "no problems found")
     pairs.append(("verdict", verdict))
+    roots = [f"{f.code.value} (explains {', '.join(c.value for c in f.consequences)})"
+             for f in d.findings if f.is_root and f.consequences]
+    if roots:
+        pairs.append(("root cause" if len(roots) == 1 else "root causes", "; ".join(roots)))
     return Summary(title=clean_line(run.name), pairs=tuple((k, clean_line(v)) for k, v in pairs), worst=d.worst)
 
 
-def _finding_view(f: Finding) -> FindingView:
+def _finding_view(f: Finding, depth: int = 0) -> FindingView:
     return FindingView(
         severity=f.severity, code=f.code.value, title=clean_line(f.title), message=clean_line(f.message),
         layers=tuple(clean_line(la) for la in f.layers),
         steps=steps_text(f.steps) if f.steps is not None else None, confidence=f"{f.confidence:.2f}",
         fixes=tuple(FixView(kind=fx.kind.value, summary=clean_line(fx.summary), code=clean(fx.code or ""))
-                    for fx in f.fixes))
+                    for fx in f.fixes),
+        depth=depth, caused_by=tuple(c.value for c in f.caused_by),
+        consequences=tuple(c.value for c in f.consequences))
 
 
 def _layer_table(d: Diagnosis) -> LayerTable | None:
@@ -312,7 +355,7 @@ def run_sections(d: Diagnosis, problems: Sequence[str]) -> RunSections:
     """The sections of one run, in reading order; ``problems`` are the input problems shown with it."""
     run = d.run
     out: list[Section] = [_summary(d)]
-    out.append(Findings(items=tuple(_finding_view(f) for f in sorted(d.findings, key=severity_key)),
+    out.append(Findings(items=tuple(_finding_view(f, depth) for f, depth in causal_order(d.findings)),
                         empty_text="No problems found." if run.has_log or run.metrics else "Nothing to judge."))
     table = _layer_table(d)
     if table is not None:

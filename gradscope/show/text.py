@@ -74,10 +74,17 @@ def _summary(s: Summary) -> Iterator[Any]:
     yield Panel(grid, title=Text(f"gradscope report: {s.title}"), title_align="left", border_style=border)
 
 
+INDENT = 4
+"""Columns a consequence is indented by, per level, under the finding that explains it."""
+
+
 def _findings(s: Findings) -> Iterator[Any]:
     for f in s.items:
         style = SEVERITY_STYLE[f.severity]
+        shift = INDENT * f.depth
         head = Text()
+        if f.depth:
+            head.append(" " * (shift - 2) + "↳ ", style="dim")
         head.append(f"{f.severity.value.upper():<7}", style=style)
         head.append(f" {f.code}", style="bold")
         head.append(f" · {f.title}")
@@ -90,6 +97,10 @@ def _findings(s: Findings) -> Iterator[Any]:
             meta.append(f"steps: {f.steps}")
         meta.append(f"confidence: {f.confidence}")
         body.append(Text(" · ".join(meta), style="dim"))
+        if f.caused_by:
+            body.append(Text.assemble(("caused by: ", "magenta"), ", ".join(f.caused_by)))
+        if f.consequences:
+            body.append(Text.assemble(("explains: ", "magenta"), ", ".join(f.consequences)))
         for fx in f.fixes:
             line = Text()
             line.append(f"fix ({fx.kind}): ", style="green")
@@ -98,7 +109,9 @@ def _findings(s: Findings) -> Iterator[Any]:
             if fx.code:
                 snippet = Syntax(fx.code, "python", theme="ansi_dark", background_color="default", word_wrap=True)
                 body.append(Padding(snippet, (0, 0, 0, 2), expand=False))
-        yield Padding(Group(*body), (0, 0, 1, 8), expand=False)
+        if f.caused_by and not f.fixes:
+            body.append(Text.assemble(("fix: ", "green"), f"see {', '.join(f.caused_by)} (its cause)"))
+        yield Padding(Group(*body), (0, 0, 1, 8 + shift), expand=False)
 
 
 def _layer_table(s: LayerTable) -> Iterator[Any]:
