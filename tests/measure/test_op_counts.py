@@ -32,11 +32,9 @@ one output and its gradient) are bounded by ``REDUCTION_OPS`` below; the rest is
 (``assemble.LayerStats._vector``: dead/inactive/saturated counts, dtype casts, one stack per layer) and the
 parameter samples; ``reductions.layer_matrix`` does the assembly in O(1) ops (``HANDFUL_PER_LAYER``)."""
 
-HANDFUL_PER_LAYER``)."""
-
 HANDFUL_PER_LAYER = 12
 """The target for a recorded step: a handful of ops per watched layer (xfail until the per-layer assembly in
-watch.py is batched across layers)."""
+assemble.py is batched across layers)."""
 
 REDUCTION_OPS = 10
 """Bound on the ops of one ``accumulate_output`` call on a bf16 (or fp32) output (measured 8–9, of which
