@@ -102,13 +102,22 @@ class LayerRow:
 
 
 def _last_finite(a: np.ndarray) -> np.ndarray:
-    """(S, L) → (L,): each column's last finite value, NaN when it has none."""
+    """(S, L) → (L,): each column's last finite value, NaN when it has none.
+
+    Only the columns whose last row is not finite are searched further back (usually none: scanning a
+    10,000 × 200 log whole for every statistic was a tenth of a second per format)."""
     if a.shape[0] == 0:
         return np.full(a.shape[1], np.nan)
-    ok = np.isfinite(a)
-    idx = a.shape[0] - 1 - np.argmax(ok[::-1], axis=0)
-    vals = a[idx, np.arange(a.shape[1])]
-    return np.where(ok.any(axis=0), vals, np.nan)
+    last = a[-1]
+    last_ok = np.isfinite(last)
+    out = np.where(last_ok, last, np.nan)
+    cols = np.flatnonzero(~last_ok)
+    if cols.size:
+        sub = a[:, cols]
+        ok = np.isfinite(sub)
+        idx = sub.shape[0] - 1 - np.argmax(ok[::-1], axis=0)
+        out[cols] = np.where(ok.any(axis=0), sub[idx, np.arange(cols.size)], np.nan)
+    return out
 
 
 def layer_rows(run: Run) -> list[LayerRow]:

@@ -76,3 +76,29 @@ def test_show_defines_no_number_helper_of_its_own() -> None:
         defined = {n.name for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                    if isinstance(n, ast.FunctionDef)}
         assert not defined & set(dupes), f"{path.name} defines {defined & set(dupes)}"
+
+
+def test_last_finite_matches_a_plain_backward_search() -> None:
+    """The per-layer table shows each column's last finite value: columns ending in NaN/Inf (a layer that
+    stopped being recorded, a run that diverged) are searched back, a column with none gives NaN."""
+    import math
+
+    import numpy as np
+
+    from gradscope.show.sections import _last_finite
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 12))
+    a[rng.random(a.shape) < 0.3] = np.nan
+    a[-5:, 3] = np.inf                  # a diverged tail
+    a[-1, 4] = -np.inf
+    a[:, 5] = np.nan                    # never recorded
+    a[:-1, 6] = np.nan                  # only the last row
+    a[1:, 7] = np.nan                   # only the first row
+    got = _last_finite(a)
+    for j in range(a.shape[1]):
+        finite = [v for v in a[:, j] if math.isfinite(v)]
+        want = finite[-1] if finite else math.nan
+        assert (math.isnan(want) and math.isnan(got[j])) or got[j] == want, j
+    assert math.isnan(got[5]) and got[7] == a[0, 7]
+    assert _last_finite(np.empty((0, 3))).shape == (3,)
