@@ -132,5 +132,6 @@ def _findings(s: Findings) -> list[str]:
         if f.fixes:
             out.append("")
         elif f.caused_by:
-            out += ["- **fix**: see " + ", ".join(code(c) for c in f.caused_by) + " (its cause)", ""]
+            its = "its cause" if len(f.caused_by) == 1 else "its causes"
+            out += ["- **fix**: see " + ", ".join(code(c) for c in f.caused_by) + f" ({its})", ""]
     return out

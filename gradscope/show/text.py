@@ -110,7 +110,8 @@ def _findings(s: Findings) -> Iterator[Any]:
                 snippet = Syntax(fx.code, "python", theme="ansi_dark", background_color="default", word_wrap=True)
                 body.append(Padding(snippet, (0, 0, 0, 2), expand=False))
         if f.caused_by and not f.fixes:
-            body.append(Text.assemble(("fix: ", "green"), f"see {', '.join(f.caused_by)} (its cause)"))
+            its = "its cause" if len(f.caused_by) == 1 else "its causes"
+            body.append(Text.assemble(("fix: ", "green"), f"see {', '.join(f.caused_by)} ({its})"))
         yield Padding(Group(*body), (0, 0, 1, 8 + shift), expand=False)
 
 

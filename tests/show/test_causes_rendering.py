@@ -173,8 +173,10 @@ def test_a_chain_reads_top_down_and_a_finding_with_two_causes_appears_once(tmp_p
     lines = rep.render_text().splitlines()
     assert _line_index(lines, "      ↳ ERROR   vanishing_gradients · ") > _line_index(lines, "  ↳ ERROR   saturation")
     assert "                caused by: poor_init, saturation" in lines
+    assert "                fix: see poor_init, saturation (its causes)" in lines   # no fix of its own
     md = rep.to_markdown()
     assert "###### ↳ ERROR · `vanishing_gradients`" in md and md.count("`vanishing_gradients` —") == 1
+    assert "- **fix**: see `poor_init`, `saturation` (its causes)" in md
 
 
 def test_unresolved_or_cyclic_links_still_show_every_finding_once() -> None:
