@@ -28,6 +28,11 @@ def _with_inputs(run: object, **kw: float) -> object:
                 feature_mean_absmax=0.2)
     base.update(kw)
     run.inputs = [(int(s), InputStats(**base)) for s in run.steps[::4]]  # type: ignore[attr-defined]
+    # The first layer receives that input as it is (no normalization inside forward()): its output's second
+    # moment scales with the input's, E[z²] ∝ E[x²] (issue 11: the rule cross-checks the two).
+    ms = base["std"] ** 2 + base["mean"] ** 2
+    if ms > 1.0:
+        run.layer_stats["var"][:, 0] *= ms  # type: ignore[attr-defined]
     return run
 
 

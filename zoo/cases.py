@@ -1115,3 +1115,255 @@ CALIBRATION: list[Case] = [c for c in CASES if not c.holdout]
 HOLDOUT: list[Case] = [c for c in CASES if c.holdout and not c.unseen]
 UNSEEN: list[Case] = [c for c in CASES if c.unseen]
 BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
+
+
+# ============================================================================ issue 11: false alarms and misses
+# Cases for issue 11 ("Diagnoses a practitioner trusts"). Each fix has a broken case or a healthy look-alike;
+# the ``holdout=True`` ones were written before any of these cases was first run and are never tuned on.
+
+def fit_i11(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, *, epochs: int, batch: int,
+            every: int = 5, seed: int = 0, pass_optimizer: bool = True, log_train_acc: bool = True,
+            autocast: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+    """``fit`` for the issue-11 cases: as ``fit`` (per-epoch losses and accuracies), plus an AMP loop with a
+    ``GradScaler`` that is deliberately *not* passed to ``watch`` (``scaler``: ``scaler.scale(loss).backward()``,
+    ``scaler.step``, ``scaler.update``), and ``log_train_acc=False`` for users who log only the validation
+    accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (F.cross_entropy if data.task == "clf"
+                                                                      else F.mse_loss)
+    classify = data.task == "clf"
+    n = data.x_train.shape[0]
+    ctx = (lambda: torch.autocast("cpu", dtype=autocast)) if autocast is not None else contextlib.nullcontext
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradscopeWarning)
+        with gradscope.watch(model, logdir, every=every, tensorboard=False,
+                             optimizer=opt if pass_optimizer else None) as scope:
+            for _ in range(epochs):
+                model.train()
+                perm = torch.randperm(n, generator=g)
+                tot, correct = 0.0, 0
+                for i in range(0, n, batch):
+                    idx = perm[i:i + batch]
+                    opt.zero_grad()
+                    with ctx():
+                        out = model(data.x_train[idx])
+                        loss = loss_fn(out.float(), data.y_train[idx])
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        opt.step()
+                    tot += float(loss.detach()) * len(idx)
+                    if classify:
+                        correct += int((out.detach().float().argmax(1) == data.y_train[idx]).sum())
+                model.eval()
+                with torch.no_grad(), ctx():
+                    vout = model(data.x_val).float()
+                    metrics = {"val_loss": float(loss_fn(vout, data.y_val)), "train_loss": tot / n}
+                    if classify:
+                        metrics["val_acc"] = float((vout.argmax(1) == data.y_val).float().mean())
+                        if log_train_acc:
+                            metrics["train_acc"] = correct / n
+                scope.log(**metrics)
+
+
+class InputNormCNN(nn.Module):
+    """``DigitsCNN`` that standardizes raw 0–255 pixels inside ``forward()`` with buffers (detectron2's
+    ``pixel_mean``/``pixel_std``)."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(mean))
+        self.register_buffer("pixel_std", torch.tensor(std))
+        self.net = DigitsCNN(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.pixel_mean) / self.pixel_std)
+
+
+class InputNormMLP(nn.Module):
+    """ReLU MLP that standardizes raw tabular features inside ``forward()`` with per-feature buffers."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, sizes: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("mu", mean.clone())
+        self.register_buffer("sd", std.clone())
+        self.net = mlp(sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mu) / self.sd)
+
+
+def _raw_pixels(seed: int) -> Data:
+    """Digit images scaled to 0–255 like an 8-bit image, not standardized."""
+    d = digits(image=True, standardize=False, seed=seed)
+    return Data(d.x_train * 16.0, d.y_train, d.x_val * 16.0, d.y_val)
+
+
+@case("i11_healthy_normalize_in_forward_cnn", "CNN on raw 0–255 digit pixels that standardizes them inside "
+      "forward() with pixel_mean/pixel_std buffers (detectron2-style), SGD+momentum 0.02.",
+      arch="CNN (input normalized in forward)", optimizer="SGD+momentum", data="digits (raw pixels)")
+def _i11_norm_cnn(logdir: Path) -> None:
+    d = _raw_pixels(40)
+    m = InputNormCNN(float(d.x_train.mean()), float(d.x_train.std()))
+    fit_i11(m, torch.optim.SGD(m.parameters(), 0.02, momentum=0.9), d, logdir, epochs=6, batch=64, seed=40)
+
+
+@case("i11_holdout_healthy_standardize_in_forward_wine", "ReLU MLP on raw wine features (proline ≈ 750) that "
+      "standardizes each feature inside forward() with buffers taken from the training set, Adam 2e-3.",
+      holdout=True, arch="MLP (input normalized in forward)", optimizer="Adam", data="wine (raw)")
+def _i11_norm_wine(logdir: Path) -> None:
+    d = wine(standardize=False, seed=41)
+    m = InputNormMLP(d.x_train.mean(0), d.x_train.std(0), [13, 64, 32, 3])
+    fit_i11(m, torch.optim.Adam(m.parameters(), 2e-3), d, logdir, epochs=25, batch=16, seed=41)
+
+
+@case("i11_healthy_fp16_scaler_not_passed_sgdm", "ReLU MLP on standardized digits under fp16 autocast with a "
+      "GradScaler (default scale 2**16) that is not passed to watch (optimizer= is), SGD+momentum 0.05: the "
+      "recorded gradients are loss-scaled.",
+      arch="MLP (fp16 autocast, GradScaler)", optimizer="SGD+momentum", data="digits")
+def _i11_fp16(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10])
+    fit_i11(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(seed=42), logdir, epochs=3, batch=64,
+            seed=42, autocast=torch.float16, scaler=torch.amp.GradScaler("cpu"))
+
+
+@case("i11_holdout_healthy_fp16_scaler_overflow_cnn", "CNN on digit images under fp16 autocast with a GradScaler "
+      "starting at 2**24 (its first steps overflow and are skipped) that is not passed to watch, Adam 1e-3, "
+      "watched with optimizer=. Failed on its first run (divergence: the run's last step overflowed too, and "
+      "'recovered' meant a finite last gradient); fixed in general (recovered = finite weights and loss at the "
+      "end) and i11_holdout_healthy_fp16_scaler_regrowth_mlp added to test the fix.",
+      holdout=True, arch="CNN (fp16 autocast, GradScaler)", optimizer="Adam", data="digits")
+def _i11_fp16_overflow(logdir: Path) -> None:
+    m = DigitsCNN(8, 16)
+    fit_i11(m, torch.optim.Adam(m.parameters(), 1e-3), digits(image=True, seed=43), logdir, epochs=4, batch=64,
+            seed=43, autocast=torch.float16, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 24))
+
+
+def _raw_target(d: Data, scale: float, offset: float) -> Data:
+    return Data(d.x_train, d.y_train * scale + offset, d.x_val, d.y_val * scale + offset, task="reg")
+
+
+@case("i11_healthy_raw_target_regression_deep", "ReLU MLP 6-64-64-64-1 regressing a smooth function in raw "
+      "units (2000 ± 400, a price), head bias started at the target mean, Adam 3e-2: the head's output grows to "
+      "the target's scale.",
+      arch="MLP regression (raw target)", optimizer="Adam", data="synthetic regression (raw target)")
+def _i11_raw_target(logdir: Path) -> None:
+    m = mlp([6, 64, 64, 64, 1])
+    d = _raw_target(smooth_regression(seed=44), 400.0, 2000.0)
+    with torch.no_grad():
+        m[-1].bias.fill_(float(d.y_train.mean()))     # the usual start for a raw-scale target: its mean
+    fit_i11(m, torch.optim.Adam(m.parameters(), 3e-2), d, logdir, epochs=40, batch=32, seed=44)
+
+
+@case("i11_holdout_healthy_raw_target_smooth_regression", "Tanh MLP 6-48-48-1 regressing a smooth function "
+      "shifted and scaled to 500 ± 100 (raw units), AdamW 2e-2. Relabelled after its first run: exploding "
+      "gradients stayed quiet as intended, but the raw-scale target drives the second tanh layer's weights so "
+      "far that all 48 units are pinned at ±1 (derivative below threshold) for the second half of training — "
+      "saturation is true of it (allowed).",
+      may=(C.SATURATION,), holdout=True, arch="MLP regression (raw target)", optimizer="AdamW",
+      data="synthetic regression (raw target)")
+def _i11_raw_target_smooth(logdir: Path) -> None:
+    m = mlp([6, 48, 48, 1], act=nn.Tanh)
+    fit_i11(m, torch.optim.AdamW(m.parameters(), 2e-2), _raw_target(smooth_regression(seed=45), 100.0, 500.0),
+            logdir, epochs=40, batch=32, seed=45)
+
+
+def noisy_multi_target(n: int = 800, dim: int = 8, outs: int = 4, *, noise: float = 5.0, signal: float = 0.5,
+                       seed: int = 0) -> Data:
+    """``outs`` targets, each a linear function of standard-normal inputs (weights of std ``signal``) plus noise
+    of std ``noise``: the irreducible error (noise²) dominates, so a good model's MSE stays near noise² from
+    the first epoch."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    w = signal * torch.randn(dim, outs, generator=g)
+    y = x @ w + noise * torch.randn(n, outs, generator=g)
+    k = int(0.75 * n)
+    return Data(x[:k], y[:k], x[k:], y[k:], task="reg")
+
+
+@case("i11_healthy_multi_target_noisy_regression", "ReLU MLP 8-16-4 regressing four noisy targets (noise "
+      "std 5, MSE ≈ 25 at best) with Adam 1e-2: a flat loss at the noise floor, four outputs, no classifier.",
+      arch="MLP regression (4 outputs)", optimizer="Adam", data="synthetic multi-target regression")
+def _i11_multi(logdir: Path) -> None:
+    m = mlp([8, 16, 4])
+    fit_i11(m, torch.optim.Adam(m.parameters(), 1e-2), noisy_multi_target(2000, seed=46), logdir, epochs=8,
+            batch=32, seed=46)
+
+
+@case("i11_holdout_healthy_multi_target_gru", "GRU (hidden 32) over sequences predicting three noisy targets "
+      "(noise std 4), RMSprop 3e-3.",
+      holdout=True, arch="GRU regression (3 outputs)", optimizer="RMSprop", data="synthetic multi-target sequences")
+def _i11_multi_gru(logdir: Path) -> None:
+    g = torch.Generator().manual_seed(47)
+    x = torch.randn(600, 12, 3, generator=g)
+    y = torch.stack([x[:, :, 0].mean(1), x[:, :, 1].sum(1) / 4, x[:, -1, 2]], 1) * 3 + 4 * torch.randn(600, 3,
+                                                                                                   generator=g)
+    d = Data(x[:450], y[:450], x[450:], y[450:], task="reg")
+    m = SeqNet(nn.GRU, 3, 32, 3)
+    fit_i11(m, torch.optim.RMSprop(m.parameters(), 3e-3), d, logdir, epochs=12, batch=32, seed=47)
+
+
+@case("i11_underfitting_val_acc_only_bottleneck", "MLP 64-2-10 on standardized digits (a two-unit bottleneck), "
+      "Adam 1e-2; logs train_loss, val_loss and val_acc but no train_acc.",
+      must=(C.UNDERFITTING,), may=(C.LEARNING_RATE, C.DEAD_RELU),
+      fixes={C.UNDERFITTING: (K.CAPACITY,)},
+      arch="MLP (bottleneck)", optimizer="Adam", data="digits")
+def _i11_underfit_val_acc(logdir: Path) -> None:
+    m = mlp([64, 2, 10])
+    fit_i11(m, torch.optim.Adam(m.parameters(), 1e-2), digits(seed=48), logdir, epochs=10, batch=64, seed=48,
+            log_train_acc=False)
+
+
+@case("i11_holdout_underfitting_val_acc_only_gru", "GRU with hidden size 2 classifying noisy sines of 6 "
+      "frequencies, Adam 1e-2, 4 epochs; logs val_acc but no train_acc.",
+      must=(C.UNDERFITTING,), may=(C.LEARNING_RATE,),
+      fixes={C.UNDERFITTING: (K.CAPACITY,)},
+      holdout=True, arch="GRU (tiny)", optimizer="Adam", data="synthetic sines")
+def _i11_underfit_gru(logdir: Path) -> None:
+    m = SeqNet(nn.GRU, 1, 2, 6)
+    fit_i11(m, torch.optim.Adam(m.parameters(), 1e-2), sine_sequences(600, 24, classes=6, noise=0.6, seed=49),
+            logdir, epochs=4, batch=32, seed=49, log_train_acc=False)
+
+
+def _random_labels(d: Data, classes: int, seed: int) -> Data:
+    g = torch.Generator().manual_seed(seed)
+    return Data(d.x_train, torch.randint(0, classes, d.y_train.shape, generator=g), d.x_val,
+                torch.randint(0, classes, d.y_val.shape, generator=g), d.task)
+
+
+@case("i11_memorize_random_labels_mlp", "ReLU MLP 64-512-512-10 on 300 digits whose labels are random, Adam 1e-3, "
+      "60 epochs: it memorizes the training set while validation stays at chance throughout.",
+      must=(C.OVERFITTING,), may=(C.LEARNING_RATE,),
+      fixes={C.OVERFITTING: (K.DATA,)},
+      arch="MLP", optimizer="Adam", data="digits (random labels)")
+def _i11_random_labels(logdir: Path) -> None:
+    m = mlp([64, 512, 512, 10])
+    fit_i11(m, torch.optim.Adam(m.parameters(), 1e-3), _random_labels(digits(n_train=300, seed=50), 10, 50), logdir,
+            epochs=60, batch=32, every=10, seed=50)
+
+
+@case("i11_holdout_memorize_random_labels_cnn", "CNN (32/64 channels) on 200 digit images with random labels, "
+      "Adam 2e-3, 50 epochs.",
+      must=(C.OVERFITTING,), may=(C.LEARNING_RATE,),
+      fixes={C.OVERFITTING: (K.DATA,)},
+      holdout=True, arch="CNN", optimizer="Adam", data="digits (random labels)")
+def _i11_random_labels_cnn(logdir: Path) -> None:
+    m = DigitsCNN(32, 64)
+    fit_i11(m, torch.optim.Adam(m.parameters(), 2e-3), _random_labels(digits(image=True, n_train=200, seed=51), 10,
+                                                                       51), logdir, epochs=50, batch=25, every=10,
+            seed=51)
+
+
+@case("i11_holdout_healthy_fp16_scaler_regrowth_mlp", "ReLU MLP on standardized wine under fp16 autocast with a "
+      "GradScaler (init 2**20, growth_interval 10: it keeps growing back into overflow, so skipped steps recur "
+      "to the end) that is not passed to watch, RMSprop 1e-3, watched without optimizer= (every 2 steps). Added "
+      "after the CNN overflow case's first run, to test its fix.",
+      holdout=True, arch="MLP (fp16 autocast, GradScaler)", optimizer="RMSprop", data="wine")
+def _i11_fp16_regrowth(logdir: Path) -> None:
+    m = mlp([13, 64, 32, 3])
+    fit_i11(m, torch.optim.RMSprop(m.parameters(), 1e-3), wine(seed=52), logdir, epochs=20, batch=16, every=2,
+            seed=52, pass_optimizer=False, autocast=torch.float16,
+            scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 20, growth_interval=10))

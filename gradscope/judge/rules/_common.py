@@ -317,6 +317,11 @@ def first_divergent_step(run: Run) -> int | None:
     variance is NaN/Inf while elements were counted, and non-finite parameter gradients on a step that was not
     skipped. A GradScaler skips overflowing steps on purpose and recovers: those are not divergence."""
     skipped = run.skipped if run.skipped.shape == run.steps.shape else np.zeros(run.steps.shape, dtype=bool)
+    if not skipped.any() and run.header is not None and loss_scaling(run, Thresholds()) is not None:
+        # A GradScaler watch was not told about: its overflowing steps were skipped all the same.
+        gnf = stat(run, "param", "grad_nonfinite")
+        if gnf is not None:
+            skipped = (np.nan_to_num(gnf, nan=0.0) > 0).any(axis=1)
     skipped_steps = set(run.steps[skipped].tolist())
     cands: list[int] = []
     for rec in run.nonfinite:
@@ -353,3 +358,95 @@ def finite_rows(run: Run) -> np.ndarray:
     if first is None:
         return np.ones(run.steps.shape, dtype=bool)
     return run.steps < first
+
+
+# ---------------------------------------------------------------- issue 11: what the run is
+
+_ACCURACY_KEYS = ("train_acc", "val_acc", "train_error", "val_error")
+
+
+def head_outputs(run: Run) -> int | None:
+    """Output units of the model's head (the last weighted layer's fan_out when it is a Linear), or None."""
+    w = weighted_layers(run)
+    if not w:
+        return None
+    head = run.layers[w[-1][0]]
+    return head.fan_out if head.type.lower() == "linear" and head.fan_out else None
+
+
+def is_classifier(run: Run, th: Thresholds) -> bool:
+    """Evidence that the run is a classifier with a softmax/cross-entropy head, not a regressor with several
+    outputs (a VAE decoder, a multi-target regression): an accuracy or error metric is logged, or the head has
+    C ≥ 2 outputs and the first training losses sit within ``classifier_start_band``× of the chance-level loss
+    log(C) (an untrained classifier starts there; an MSE loss on C targets has no reason to)."""
+    if any(finite_series(run.metrics.get(k))[1].size for k in _ACCURACY_KEYS):
+        return True
+    c = head_outputs(run)
+    if c is None or c < 2:
+        return False
+    _, v = finite_series(run.metrics.get("train_loss"))
+    if v.size == 0:
+        return False
+    start = float(np.median(v[:early_count(v.size, th)]))
+    chance = math.log(c)
+    return chance / th.classifier_start_band <= start <= chance * th.classifier_start_band
+
+
+@dataclass(frozen=True)
+class LossScaling:
+    """What ``loss_scaling`` found: the recorded gradients are multiplied by an AMP loss scale that ``watch`` was
+    not told about. ``scale`` per recorded step (NaN where unknown), ``how`` in words for a message."""
+
+    scale: np.ndarray
+    how: str
+
+    @property
+    def known(self) -> bool:
+        return bool(np.isfinite(self.scale).any())
+
+
+def loss_scaling(run: Run, th: Thresholds) -> LossScaling | None:
+    """Gradients scaled by a ``GradScaler`` that was not passed to ``watch(scaler=)``, or None.
+
+    Two signatures, neither of which a real explosion has: (1) the norm the optimizer used (``optimizer=``
+    records it at ``step()``, after ``scaler.step`` unscaled the gradients) is below the backward norm by an
+    exact power of two 2^k, k ≥ 1 (log2 within ``amp_log2_tol`` of an integer) on ``persistence`` of the steps —
+    user clipping gives arbitrary ratios; (2) non-finite gradients on some steps while the weights stay finite
+    afterwards and the gradients are ``exploding_relative_grad``× the weights: someone skipped those steps,
+    as a scaler does on overflow, and the finite gradients are far larger than the weights allow. With
+    ``scaler=`` passed gradscope records unscaled norms and skipped steps, and this returns None."""
+    if run.header is None or not run.steps.size or (run.skipped.size and run.skipped.any()):
+        return None
+    g, c = np.asarray(run.grad_norm, dtype=float), np.asarray(run.clip_norm, dtype=float)
+    if g.shape == c.shape == run.steps.shape:
+        both = np.isfinite(g) & np.isfinite(c) & (g > 0) & (c > 0)
+        if both.sum() >= th.min_recorded_steps:
+            k = np.log2(g[both] / c[both])
+            hit = (np.abs(k - np.round(k)) <= th.amp_log2_tol) & (np.round(k) >= 1)
+            if hit.mean() >= th.persistence:
+                scale = np.full(g.shape, np.nan)
+                idx = np.nonzero(both)[0][hit]
+                scale[idx] = 2.0 ** np.round(k[hit])
+                ks = sorted({int(x) for x in np.round(k[hit])})
+                span = f"2^{ks[0]}" if len(ks) == 1 else f"2^{ks[0]}–2^{ks[-1]}"
+                return LossScaling(scale, f"the norm the optimizer used is the backward norm divided by exactly "
+                                          f"{span} on {pct(float(hit.mean()))} of steps")
+    gnf = stat(run, "param", "grad_nonfinite")
+    pn = stat(run, "param", "norm")
+    if gnf is None or pn is None:
+        return None
+    bad = (np.nan_to_num(gnf, nan=0.0) > 0).any(axis=1)
+    if not bad.any() or bad.all():
+        return None
+    first = int(np.nonzero(bad)[0][0])
+    weights_ok = bool(np.isfinite(pn[first:]).all())
+    with np.errstate(invalid="ignore"):
+        wn = np.sqrt(np.nansum(pn ** 2, axis=1))
+        rel = g / wn if g.shape == wn.shape else np.full(wn.shape, np.nan)
+    fin = rel[~bad & np.isfinite(rel)]
+    if weights_ok and fin.size >= th.min_recorded_steps and float(np.median(fin)) > th.exploding_relative_grad:
+        return LossScaling(np.full(run.steps.shape, np.nan),
+                           f"{int(bad.sum())} recorded step(s) had non-finite gradients yet the weights stayed finite "
+                           f"(the steps were skipped, as a GradScaler does), and the finite gradients are "
+                           f"{fmt_num(float(np.median(fin)))}× the weights")
+    return None

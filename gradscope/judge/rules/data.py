@@ -8,7 +8,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
-from gradscope.judge.rules._common import LOG, Context, Need, Rule, RuleResult, fmt_num, module_path, step_range
+from gradscope.judge.rules._common import (
+    LOG,
+    Context,
+    Need,
+    Rule,
+    RuleResult,
+    fmt_num,
+    label,
+    module_path,
+    stat,
+    step_range,
+    weighted_layers,
+)
 from gradscope.judge.rules._fixes import DEVICE_LINE, REBUILD_OPTIMIZER, layer_info, sig, wrap_lines, wrappable
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
@@ -29,10 +41,40 @@ def _median(vals: list[float | None]) -> float | None:
 
 @dataclass(frozen=True)
 class InputDetail:
-    """What ``unnormalized_input`` hands its fixes: the observed input mean and std (medians over steps)."""
+    """What ``unnormalized_input`` hands its fixes: the observed input mean and std (medians over steps), and
+    whether the model standardizes its input itself (then there is nothing to fix)."""
 
     mean: float | None = None
     std: float | None = None
+    inside: bool = False
+
+
+def first_layer_input_rms(run: Run) -> tuple[str, int, float] | None:
+    """(layer name, step, estimated root-mean-square of the input the first weighted layer receives), or None.
+
+    gradscope records the root module's input, not the first layer's; a model that standardizes its raw input
+    inside ``forward()`` (a buffer mean/std, detectron2-style) feeds its first layer something else. For a
+    Linear or convolution z = W x + b, E[z²] ≈ fan_in · mean(w²) · E[x²] while the weights are still
+    independent of the data (the first recorded step), so E[x²] ≈ E[z²] / (fan_in · mean(w²)) from the layer's
+    output mean/variance and its weight norm (Glorot & Bengio 2010's variance argument, read backwards)."""
+    w = weighted_layers(run)
+    mean, var, norm = stat(run, "layer", "mean"), stat(run, "layer", "var"), stat(run, "param", "norm")
+    if not w or mean is None or var is None or norm is None or not run.steps.size:
+        return None
+    li, pi = w[0]
+    la, p = run.layers[li], run.params[pi]
+    t = la.type.lower()
+    if not (t == "linear" or t.startswith("conv")) or not la.fan_in or p.numel <= 0:
+        return None
+    rows = np.nonzero(np.isfinite(mean[:, li]) & np.isfinite(var[:, li]) & np.isfinite(norm[:, pi]))[0]
+    if not rows.size:
+        return None
+    r = int(rows[0])
+    msq = float(norm[r, pi]) ** 2 / p.numel
+    if not msq > 0:
+        return None
+    ez2 = float(var[r, li]) + float(mean[r, li]) ** 2
+    return la.name, int(run.steps[r]), math.sqrt(max(ez2, 0.0) / (la.fan_in * msq))
 
 
 INPUTS = Need("statistics of the model's input (a float tensor)",
@@ -51,7 +93,11 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     std exceeds ``input_std_max`` or its |mean| exceeds ``input_mean_max``, or the per-feature stds span more
     than ``input_feature_spread`` (features with zero std, e.g. constant border pixels, are left out).
     Not evaluated when the first layer is an embedding (the inputs are token ids, not magnitudes) or a
-    normalization layer (the model standardizes its own input).
+    normalization layer (the model standardizes its own input). gradscope records the root module's input,
+    not the first layer's: when the root input is large (RMS above ``input_std_max``) but the root-mean-square
+    of what the first Linear/convolution receives, estimated from its output and weights on the first
+    recorded step, is below ``input_inside_rms``, the model standardizes the input inside ``forward()`` (a
+    buffer mean/std): an info finding says so, with no fix.
 
     Why it matters: the variance arguments behind Glorot/He initialization assume zero-mean, unit-variance
     inputs; a large or offset input scales the first layer's pre-activations and gradients accordingly, and
@@ -93,10 +139,25 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     if not reasons:
         return []
     steps = step_range([s for s, _ in run.inputs])
+    est = first_layer_input_rms(run)
+    root_rms = math.sqrt(std ** 2 + (mean or 0.0) ** 2) if std is not None else None
+    if est is not None and root_rms is not None and root_rms > th.input_std_max and est[2] <= th.input_inside_rms:
+        name, step, rms = est
+        return [Finding(code, Severity.INFO, "Input normalized inside the model",
+                        f"the model's raw input is not standardized ({'; '.join(reasons)}), but what "
+                        f"{label(name)} receives has an estimated RMS of {fmt_num(rms)} at step {step} (threshold "
+                        f"{fmt_num(th.input_inside_rms)}; raw input RMS {fmt_num(root_rms)}): the model normalizes "
+                        f"its input inside forward()", layers=(name,), steps=steps,
+                        evidence={"mean": mean, "std": std, "first_layer_input_rms": rms, "criteria": reasons},
+                        confidence=0.7, detail=InputDetail(mean=mean, std=std, inside=True))]
+    if est is not None:
+        reasons.append(f"what {label(est[0])} receives has an estimated RMS of {fmt_num(est[2])} at step {est[1]}")
+    else:
+        reasons.append("judged on the root module's input: what the first layer receives is not recorded")
     evidence = {"mean": mean, "std": std, "feature_std_min": fsmin, "feature_std_max": fsmax,
                 "feature_mean_absmax": fmean, "min": _median([s.min for s in stats]),
                 "max": _median([s.max for s in stats]), "criteria": reasons,
-                "first_layer": first.name if first else None}
+                "first_layer": first.name if first else None, "first_layer_input_rms": est[2] if est else None}
     return [Finding(code, Severity.WARNING, "Inputs not normalized", "model input: " + "; ".join(reasons),
                     layers=(first.name,) if first else (), steps=steps, evidence=evidence, confidence=0.8,
                     detail=InputDetail(mean=mean, std=std))]
@@ -120,6 +181,8 @@ def _norm_first(first: LayerInfo) -> Fix:
 
 def unnormalized_input_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     d = f.detail if isinstance(f.detail, InputDetail) else InputDetail()
+    if d.inside:
+        return []
     first = layer_info(run, f.layers[0]) if f.layers else None
     image = first is not None and first.type.lower().startswith("conv")
     m = sig(float(d.mean), 3) if d.mean is not None else "?"

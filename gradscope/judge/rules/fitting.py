@@ -33,7 +33,9 @@ from gradscope.judge.rules._common import (
     finite_series,
     fmt_num,
     fmt_steps,
+    head_outputs,
     is_adaptive,
+    is_classifier,
     label,
     module_path,
     nanmedian,
@@ -105,14 +107,12 @@ def _final(v: np.ndarray) -> float:
     return float(v[-1])
 
 
-def chance_loss(run: Run) -> float | None:
-    """log(C) for a classifier head with C ≥ 2 outputs (the last weighted layer's fan_out), else None."""
-    w = weighted_layers(run)
-    if not w:
-        return None
-    head = run.layers[w[-1][0]]
-    c = head.fan_out
-    if head.type.lower() != "linear" or c is None or c < 2:
+def chance_loss(run: Run, th: Thresholds | None = None) -> float | None:
+    """log(C) for a classifier head with C ≥ 2 outputs (the last weighted layer's fan_out), else None. A head
+    with several outputs is a classifier only with evidence (``is_classifier``: an accuracy logged, or a first
+    loss near log(C)); a VAE decoder or a multi-target regressor has no chance level."""
+    c = head_outputs(run)
+    if c is None or c < 2 or not is_classifier(run, th or Thresholds()):
         return None
     return math.log(c)
 
@@ -137,6 +137,21 @@ def _value_at(steps: np.ndarray, values: np.ndarray, lo: float, hi: float) -> fl
     if before.size:
         return float(values[before[-1]])
     return None
+
+
+def _val_error_stands_for_train(run: Run, th: Thresholds) -> float | None:
+    """The relative gap between the final training and validation losses (tail medians) when it is within
+    ``underfit_gap`` — then the validation error stands for the unlogged training error — else None."""
+    _, tv = finite_series(run.metrics.get("train_loss"))
+    _, vv = finite_series(run.metrics.get("val_loss"))
+    if tv.size < th.fit_min_points or vv.size == 0:
+        return None
+    t_end = float(nanmedian(tv[tail_slice(tv.size, th)]))
+    v_end = float(nanmedian(vv[tail_slice(vv.size, th)]))
+    if not t_end > 0:
+        return None
+    gap = abs(v_end - t_end) / t_end
+    return gap if gap <= th.underfit_gap else None
 
 
 class _LossCurve(TypedDict):
@@ -186,6 +201,7 @@ class BestEvaluation:
     index: int
     count: int
     val_loss: float
+    chance: float | None = None   # log(C) when validation never went below never_beat_chance_fraction of it
 
 
 def _no_validation(run: Run, th: Thresholds) -> str | None:
@@ -220,6 +236,10 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     Why it matters: past the validation minimum further training memorizes the training sample; the model
     you would ship is worse than the one you had at the best evaluation.
 
+    When the validation loss never went below ``never_beat_chance_fraction`` × the chance-level loss log(C)
+    (a classifier, see ``is_classifier``) while the model fits the training set, the finding says so and the
+    first fix is to check the labels and the split: the best evaluation is an untrained model.
+
     Fixes: early stopping at the best evaluation; weight decay / dropout; more data or augmentation;
     a smaller model.
     """
@@ -251,6 +271,9 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                          f"{100 * th.variance:.1f})")
             if tr is not None and va is not None:   # always, when bv is set; the check narrows the types
                 steps = (int(min(tr[0][-1], va[0][-1])), int(max(tr[0][-1], va[0][-1])))
+    chance = chance_loss(run, th)
+    at_chance = (curve is not None and chance is not None
+                 and curve["best_val_loss"] >= th.never_beat_chance_fraction * chance)
     if curve is not None:
         evidence.update(curve)
         evidence["best_step"] = curve["best_step"]
@@ -262,13 +285,21 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                      f"+{100 * th.overfit_val_rise:.0f}%) while training loss fell from "
                      f"{fmt_num(curve['train_loss_at_best'])} to {fmt_num(curve['train_loss_final'])}")
         steps = curve["val_steps"]
+        if at_chance and chance is not None:
+            severity = Severity.WARNING
+            evidence["chance_loss"] = chance
+            parts.append(f"validation loss never went below the chance-level loss log(C) = {fmt_num(chance)} (best "
+                         f"{fmt_num(curve['best_val_loss'])}, ≥ {100 * th.never_beat_chance_fraction:.0f}% of it): "
+                         f"the model memorizes the training set and learned nothing that transfers — check the "
+                         f"labels and the train/validation split before tuning anything")
     if severity is None:
         return []
     conf = 0.9 if (bv is not None and bv.high_variance and curve is not None) else 0.75
     if bv is not None and ctx.baseline_error is None:
         evidence["note"] = "no baseline error given; variance does not need one"
     detail = None if curve is None else BestEvaluation(step=curve["best_step"], index=curve["best_eval"],
-                                                       count=curve["n_evals"], val_loss=curve["best_val_loss"])
+                                                       count=curve["n_evals"], val_loss=curve["best_val_loss"],
+                                                       chance=chance if at_chance else None)
     return [Finding(code, severity, "Overfitting (high variance)", "; ".join(parts), steps=steps,
                     evidence=evidence, confidence=conf, detail=detail)]
 
@@ -290,10 +321,19 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     Why it matters: more epochs of the same setup will not help much; the model or the optimization is the
     bottleneck.
 
+    When only the validation accuracy is logged (no ``train_acc``) and the final training and validation losses
+    are within ``underfit_gap`` of each other, the validation error stands for the training error. A head with
+    C ≥ 2 outputs counts as a classifier (chance level log(C)) only with evidence (``classifier_start_band``).
+
     Fixes: a bigger or deeper model; training longer; a better-tuned learning rate; less regularization.
     """
     code = Code.UNDERFITTING
     tr, va = error_series(run, "train"), error_series(run, "val")
+    proxy_gap = _val_error_stands_for_train(run, th) if tr is None and va is not None else None
+    if proxy_gap is not None and va is not None:
+        # No training accuracy, but train ≈ validation loss: the validation error is the training error's
+        # estimate (the same model, the same loss level on both splits).
+        tr = va
     if tr is not None:
         train_err = _final(tr[1])
         val_err = _final(va[1]) if va is not None else train_err
@@ -314,6 +354,11 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                f"{100 * th.avoidable_bias:.1f})")
         if va is not None:
             msg += f", validation error {100 * val_err:.1f}%"
+        if proxy_gap is not None:
+            msg = (f"high bias: validation error {100 * val_err:.1f}% with the training loss within "
+                   f"{100 * proxy_gap:.0f}% of the validation loss (threshold {100 * th.underfit_gap:.0f}%; no "
+                   f"training accuracy logged), so the training error is about as high ({base_txt}; avoidable "
+                   f"bias ≈ {100 * bv.avoidable_bias:.1f} points, threshold {100 * th.avoidable_bias:.1f})")
         steps = (int(tr[0][-1]), int(tr[0][-1]))
         evidence = {"train_error": train_err, "val_error": val_err if va is not None else None,
                     "avoidable_bias": bv.avoidable_bias, "variance": bv.variance if va is not None else None,
@@ -338,10 +383,15 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         gap = abs(v_end - end) / end if end > 0 else None
         if gap is None or gap > th.underfit_gap:
             return []      # flat train loss but validation far from it: not the underfitting picture
-    chance = chance_loss(run)
+    c = head_outputs(run)
+    if c is not None and c >= 2 and end < th.underfit_chance_fraction * math.log(c):
+        return []      # low against log(C): not underfitting whether it is a classifier or not
+    chance = chance_loss(run, th)
     if chance is None:
-        return NotEvaluated(code, "training loss is flat but nothing tells whether it is high: log train_acc/"
-                                  "val_acc (or train_error) or pass a baseline error")
+        why = (f" (the head has {c} outputs, but no accuracy is logged and the first loss is not near log({c}): "
+               f"read as a regression)" if c is not None and c >= 2 else "")
+        return NotEvaluated(code, f"training loss is flat but nothing tells whether it is high{why}: log "
+                                  f"train_acc/val_acc (or train_error) or pass a baseline error")
     if end < th.underfit_chance_fraction * chance:
         return []
     steps = (int(ts[tail][0]), int(ts[-1]))
@@ -380,7 +430,17 @@ def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     fixes: list[Fix | None] = []
     best = f.detail if isinstance(f.detail, BestEvaluation) else None
     patience = th.overfit_min_after + 1
-    if best is not None:
+    if best is not None and best.chance is not None:
+        # The best checkpoint is an untrained model: stopping early keeps nothing worth having.
+        fixes.append(Fix(FixKind.DATA, f"Check the labels and the train/validation split: validation loss never "
+                         f"beat chance (best {best.val_loss:.4g} vs log(C) = {best.chance:.4g}) while the training "
+                         f"loss fell, so what the model learned does not transfer (shuffled or misaligned labels, a "
+                         f"split by a feature the labels depend on, a different preprocessing for validation)",
+                         "# sanity checks, before any tuning:\n"
+                         "# 1. a few (input, label) pairs from the training set, shown side by side, look right\n"
+                         "# 2. validation data goes through the same preprocessing as training data\n"
+                         "# 3. the label distribution of both splits is similar"))
+    elif best is not None:
         fixes.append(Fix(FixKind.EARLY_STOPPING,
                          f"Stop at step {best.step} (evaluation {best.index} of {best.count}), where validation loss "
                          f"was lowest ({best.val_loss:.4g}); keep that checkpoint",

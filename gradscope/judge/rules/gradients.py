@@ -26,7 +26,9 @@ from gradscope.judge.rules._common import (
     finite_rows,
     fmt_num,
     fmt_steps,
+    is_classifier,
     label,
+    loss_scaling,
     module_path,
     nanmedian,
     output_layer,
@@ -108,6 +110,7 @@ class ExplodingDetail:
 
     first_step: int | None = None
     through_depth: bool = False
+    note: bool = False     # an info finding that only says why tests stood down: no fixes
 
 
 def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
@@ -279,6 +282,19 @@ def _input_unscaled(run: Run, th: Thresholds) -> bool:
     return bool(stds) and float(np.median(stds)) > th.input_std_max
 
 
+def _target_unscaled(run: Run, th: Thresholds) -> float | None:
+    """The root-mean-square of a regression head's output (median over recorded steps) when it is above
+    ``input_std_max``: the target is on a raw scale, and the loss gradient (2 (ŷ − y) / N for MSE) and with it
+    every weight gradient carry that scale. None for a classifier or a standardized target."""
+    head = output_layer(run)
+    mean, var = stat(run, "layer", "mean"), stat(run, "layer", "var")
+    if head is None or mean is None or var is None or is_classifier(run, th):
+        return None
+    rms = np.sqrt(np.where(var[:, head] >= 0, var[:, head], np.nan) + mean[:, head] ** 2)
+    m = float(nanmedian(rms))
+    return m if math.isfinite(m) and m > th.input_std_max else None
+
+
 def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """Exploding gradients (and activations): gradient or activation magnitudes blow up.
 
@@ -300,6 +316,15 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     the steps, or over the early window (huge from the very start, even if an adaptive optimizer tames it;
     not when the input itself has a std above ``input_std_max``, which ``unnormalized_input`` reports).
 
+    Not counted as exploding (an info finding says why instead): gradients multiplied by an AMP loss scale that
+    ``watch`` was not given (``scaler=``): the optimizer-step norm is the backward norm over an exact power of
+    two, or overflowing steps were skipped while the weights stayed finite — the non-finite and magnitude tests
+    then use the unscaled norms when the scale is known and stand down when it is not; and the
+    gradient-to-weight test on a regression whose head outputs a raw-scale target (RMS above
+    ``input_std_max``; not a classifier, see ``is_classifier``): the gradients carry the target's units. The
+    depth test compares the first weighted layer with the last *hidden* one (the head's output grows to the
+    target's or the logits' scale; with fewer than three weighted layers it does not run).
+
     Why it matters: gradient factors above one compound with depth (and with time, once updates enlarge the
     weights), so steps overshoot, the loss diverges and numbers overflow.
 
@@ -308,6 +333,9 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """
     code = Code.EXPLODING_GRADIENTS
     valid = _valid_steps(run)
+    scaled = loss_scaling(run, th)
+    raw_target = _target_unscaled(run, th)
+    stood_down: list[str] = []
     reasons: list[str] = []
     evidence: dict[str, object] = {}
     layers: list[str] = []
@@ -326,6 +354,10 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         if rec.where == "gradient" and rec.step not in skipped_steps:
             nf_steps.append(rec.step)
             nf_layer = nf_layer or rec.layer
+    if nf_steps and scaled is not None:
+        stood_down.append(f"non-finite gradients on {len(set(nf_steps))} step(s) (overflows the scaler skipped)")
+        valid = valid & ~np.isin(run.steps, nf_steps)
+        nf_steps = []
     if nf_steps:
         first = min(nf_steps)
         severity = Severity.ERROR
@@ -355,11 +387,14 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 flagged_steps += run.steps[cond].tolist()
 
     # 3. Growth of the total gradient norm over time (every step when available).
-    if run.all_grad_norm.size >= th.min_recorded_steps:
+    if scaled is not None:
+        # Scaled norms: the recorded steps divided by their scale (the per-step norms carry no scale).
+        gsteps, gvals = run.steps, np.where(valid, run.grad_norm, np.nan) / scaled.scale
+    elif run.all_grad_norm.size >= th.min_recorded_steps:
         gsteps, gvals = run.all_steps, run.all_grad_norm
     else:
         gsteps, gvals = run.steps, np.where(valid, run.grad_norm, np.nan)
-    gr = _growth(gvals, th) if gvals.size else None
+    gr = _growth(gvals, th) if gvals.size and np.isfinite(gvals).any() else None
     if gr is not None:
         early, mask, frac = gr
         fin_mask = mask[np.isfinite(gvals[early_count(gvals.shape[0], th):])]
@@ -402,7 +437,8 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 evidence["activation_growth_layers"] = [run.layers[j].name for j in grown]
                 layers += [run.layers[j].name for j in grown]
                 flagged_steps += run.steps[k:][hit[:, grown].any(axis=1)].tolist()
-        w = [i for i, _ in weighted_layers(run)]
+        # First weighted layer to the last hidden one: the head is left out, as in the growth test above.
+        w = [i for i, _ in weighted_layers(run)][:-1]
         if len(w) >= 2:
             depth = safe_div(std[:, w[-1]], std[:, w[0]])
             ok = np.isfinite(depth)
@@ -431,8 +467,11 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
     # 6. Gradient huge relative to the weights, from the start.
     wn = _total_weight_norm(run)
+    if wn is not None and scaled is not None and not scaled.known:
+        stood_down.append("the gradient magnitude tests (the loss scale is unknown)")
+        wn = None
     if wn is not None:
-        rel = safe_div(run.grad_norm, wn)
+        rel = safe_div(run.grad_norm / scaled.scale if scaled is not None else run.grad_norm, wn)
         ok = np.isfinite(rel) & valid
         if ok.sum() >= th.min_recorded_steps:
             with np.errstate(invalid="ignore"):
@@ -441,7 +480,12 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             k = early_count(int(ok.sum()), th)
             early_rel = rel[ok][:k]
             early_med = float(nanmedian(early_rel))
-            if frac >= th.persistence:
+            if raw_target is not None and (frac >= th.persistence or early_med > th.exploding_relative_grad):
+                stood_down.append(f"the gradient-to-weight test (median {fmt_num(float(nanmedian(rel[ok])))}×): the "
+                                  f"regression head outputs a raw-scale target (RMS {fmt_num(raw_target)}, threshold "
+                                  f"{fmt_num(th.input_std_max)}), and the loss gradient carries its units — "
+                                  f"standardize the target (and un-scale the predictions) instead")
+            elif frac >= th.persistence:
                 med = float(nanmedian(rel[ok]))
                 reasons.append(f"total gradient norm is {fmt_num(med)}× the total weight norm "
                                f"(threshold {fmt_num(th.exploding_relative_grad)}×)")
@@ -455,8 +499,9 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 evidence["early_grad_to_weight"] = early_med
                 flagged_steps += run.steps[ok][:k].tolist()
 
+    notes = _stood_down_note(scaled, stood_down, reasons)
     if not reasons:
-        return []
+        return notes
     evidence["criteria"] = reasons
     steps = step_range(flagged_steps)
     evidence["first_step"] = steps[0] if steps else None
@@ -468,7 +513,25 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     detail = ExplodingDetail(first_step=steps[0] if steps else None,
                              through_depth="activation_depth_growth" in evidence or "median_depth_ratio" in evidence)
     return [Finding(code, severity, "Exploding gradients", msg, layers=tuple(uniq), steps=steps,
-                    evidence=evidence, confidence=confidence, detail=detail)]
+                    evidence=evidence, confidence=confidence, detail=detail), *notes]
+
+
+def _stood_down_note(scaled: object, stood_down: list[str], reasons: list[str]) -> list[Finding]:
+    """An info finding that says which tests stood down and why (loss-scaled gradients, a raw-scale target)."""
+    if not stood_down and scaled is None:
+        return []
+    parts = []
+    title = "Gradients judged with care"
+    if scaled is not None:
+        how = getattr(scaled, "how", "")
+        title = "Gradients look loss-scaled (AMP GradScaler)"
+        parts.append(f"the recorded gradients look multiplied by an AMP loss scale: {how}; pass scaler= to "
+                     f"gradscope.watch so it records unscaled norms and skipped steps")
+    if stood_down:
+        parts.append("not counted as exploding: " + "; ".join(stood_down))
+    return [Finding(Code.EXPLODING_GRADIENTS, Severity.INFO, title, "; ".join(parts),
+                    evidence={"stood_down": stood_down, "loss_scaled": scaled is not None},
+                    confidence=0.7, detail=ExplodingDetail(note=True))]
 
 
 # ---------------------------------------------------------------- fixes
@@ -516,6 +579,8 @@ def vanishing_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
 
 def exploding_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     d = f.detail if isinstance(f.detail, ExplodingDetail) else ExplodingDetail()
+    if d.note:
+        return []
     first = d.first_step if d.first_step is not None else (f.steps[0] if f.steps else None)
     fixes: list[Fix | None] = [clip_fix(run, th, first),
                                lr_fix(run, th.fix_lr_backoff, "smaller steps keep the weights from growing")]

@@ -21,6 +21,7 @@ from gradscope.judge.rules._common import (
     finite_series,
     fmt_num,
     fmt_steps,
+    loss_scaling,
     nanmedian,
     step_range,
     tail_slice,
@@ -70,7 +71,8 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     Detected when gradscope recorded a non-finite loss, activation, output or gradient (first step and first
     layer in forward order), when the logged training or validation loss is NaN/Inf, or when the total
     gradient norm of a step is non-finite — on a step an AMP GradScaler did not skip (a scaler skips
-    overflowing steps on purpose and recovers). Also when the training loss at the end (median of the last
+    overflowing steps on purpose and recovers; also one that ``watch`` was not given, recognized by
+    ``loss_scaling``). Also when the training loss at the end (median of the last
     ``tail_fraction``) is ``divergence_loss_growth`` times its starting value (a warning).
 
     Why it matters: one NaN poisons every weight it touches; nothing trained after it is usable.
@@ -81,7 +83,9 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     code = Code.DIVERGENCE
     tl = run.metrics.get("train_loss")
     skipped_steps = set(run.steps[run.skipped].tolist()) if run.skipped.shape == run.steps.shape else set()
-    scaler = _scaler_active(run)
+    # A GradScaler not passed to watch (``loss_scaling``) skips overflowing steps just the same.
+    unpassed = _scaler_active(run) is False and loss_scaling(run, th) is not None
+    scaler = _scaler_active(run) or unpassed
     events: list[tuple[int, str, str | None]] = []   # (step, what, layer)
     for rec in run.nonfinite:
         if rec.step in skipped_steps and rec.where != "loss":
@@ -103,7 +107,15 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             events.append((int(run.all_steps[bad].min()), "total gradient norm is NaN/Inf", None))
     if scaler:
         # Under a scaler, gradient-only events that training recovered from are not divergence.
-        recovered = run.all_grad_norm.size and np.isfinite(run.all_grad_norm[-1])
+        recovered = bool(run.all_grad_norm.size and np.isfinite(run.all_grad_norm[-1]))
+        if unpassed and not recovered:
+            # Its skipped steps are unknown, so the last step's overflow looks like any other: training
+            # recovered when the weights and the training loss are finite at the end.
+            pn = run.param_stats.get("norm")
+            _, tl_v = finite_series(tl)
+            raw = np.asarray(tl.values, dtype=float) if tl is not None and len(tl) else np.zeros(0)
+            recovered = (pn is not None and pn.size > 0 and bool(np.isfinite(pn[-1]).all())
+                         and tl_v.size > 0 and bool(np.isfinite(raw[-1])))
         if recovered:
             events = [e for e in events if "gradient" not in e[1] or "loss" in e[1]]
     if events:

@@ -1,0 +1,210 @@
+"""Issue 11: false alarms on legitimate recipes and misses, each with a broken case and a healthy look-alike.
+
+Hand-built runs (tests/rulecases.py): no torch, no training; every assertion is about a verdict or a number
+the rules compute from the values set here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gradscope.judge.diagnose import diagnose
+from gradscope.judge.findings import Code, FixKind, NotEvaluated, Severity
+from gradscope.judge.rules import overfitting, underfitting, unnormalized_input
+from gradscope.judge.rules._common import Context, is_classifier, loss_scaling
+from gradscope.judge.rules.data import first_layer_input_rms
+from gradscope.judge.rules.fitting import chance_loss
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.schema import InputStats
+from tests.rulecases import healthy_run, mlp, set_layer, set_metric, set_param
+
+TH = Thresholds()
+
+
+def _warned(diag, code: Code) -> bool:   # noqa: ANN001
+    return any(f.code is code and f.severity is not Severity.INFO for f in diag.findings)
+
+
+# ------------------------------------------------------------------ 1a: input normalized inside forward()
+
+def _raw_input(run, std: float = 80.0, mean: float = 120.0) -> None:   # noqa: ANN001
+    run.inputs = [(s, InputStats(mean=mean, std=std, min=0.0, max=255.0, count=640)) for s, _ in run.inputs]
+
+
+def test_input_standardized_inside_forward_is_an_info_without_fixes() -> None:
+    run = healthy_run()
+    _raw_input(run)
+    est = first_layer_input_rms(run)
+    assert est is not None and est[0] == "fc1" and est[2] < TH.input_inside_rms   # unit-variance output of fc1
+    res = unnormalized_input(run, TH, Context())
+    assert not isinstance(res, NotEvaluated) and len(res) == 1
+    assert res[0].severity is Severity.INFO and "inside forward()" in res[0].message
+    d = diagnose(run)
+    assert not _warned(d, Code.UNNORMALIZED_INPUT)
+    assert all(not f.fixes for f in d.by_code(Code.UNNORMALIZED_INPUT))
+
+
+def test_raw_input_reaching_the_first_layer_still_warns_and_says_what_it_receives() -> None:
+    run = healthy_run()
+    _raw_input(run)
+    set_layer(run, "var", "fc1", 1e4)      # fc1's output carries the raw scale: what it receives is raw
+    est = first_layer_input_rms(run)
+    assert est is not None and est[2] > 30 * TH.input_inside_rms
+    res = unnormalized_input(run, TH, Context())
+    assert not isinstance(res, NotEvaluated)
+    assert res[0].severity is Severity.WARNING and "estimated RMS" in res[0].message
+    assert {fx.kind for fx in diagnose(run).by_code(Code.UNNORMALIZED_INPUT)[0].fixes} >= {FixKind.NORMALIZATION}
+
+
+def test_feature_spread_alone_is_not_excused_by_the_estimate() -> None:
+    # Root RMS ≈ 1 but features span 1e4×: only the root input can show that; the rule keeps warning.
+    run = healthy_run()
+    run.inputs = [(s, InputStats(mean=0.0, std=1.0, min=-3, max=3, count=640, feature_std_min=1e-4,
+                                 feature_std_max=1.0)) for s, _ in run.inputs]
+    res = unnormalized_input(run, TH, Context())
+    assert not isinstance(res, NotEvaluated) and res[0].severity is Severity.WARNING
+
+
+# ------------------------------------------------------------------ 1b: loss-scaled gradients, no scaler=
+
+def _scaled(run, scale: float = 2.0 ** 16):   # noqa: ANN001, ANN202
+    run.clip_norm = run.grad_norm.copy()
+    run.grad_norm = run.grad_norm * scale
+    run.all_grad_norm = run.all_grad_norm * scale
+    run.param_stats["grad_norm"] = run.param_stats["grad_norm"] * scale
+    return run
+
+
+def test_loss_scaled_gradients_are_recognized_and_not_called_exploding() -> None:
+    run = _scaled(healthy_run(optimizer="SGD"))
+    ls = loss_scaling(run, TH)
+    assert ls is not None and ls.known and np.nanmedian(ls.scale) == 2.0 ** 16
+    d = diagnose(run)
+    assert not _warned(d, Code.EXPLODING_GRADIENTS)
+    notes = d.by_code(Code.EXPLODING_GRADIENTS)
+    assert notes and notes[0].severity is Severity.INFO and "scaler=" in notes[0].message and not notes[0].fixes
+
+
+def test_same_gradients_without_the_power_of_two_signature_are_exploding() -> None:
+    run = _scaled(healthy_run(optimizer="SGD"))
+    run.clip_norm = run.clip_norm * 1.37            # a user's clipping: an arbitrary ratio, not 2^k
+    assert loss_scaling(run, TH) is None
+    assert _warned(diagnose(run), Code.EXPLODING_GRADIENTS)
+
+
+def test_skipped_overflow_steps_without_scaler_are_not_divergence() -> None:
+    run = _scaled(healthy_run(optimizer="SGD"))
+    run.clip_norm = np.full(run.steps.shape, np.nan)   # watched without optimizer=: no step-time norm
+    bad = np.zeros(run.steps.shape, dtype=bool)
+    bad[[0, 1, 7]] = True
+    run.param_stats["grad_nonfinite"][bad, 0] = 3
+    ls = loss_scaling(run, TH)
+    assert ls is not None and not ls.known and "skipped" in ls.how
+    d = diagnose(run)
+    assert not _warned(d, Code.EXPLODING_GRADIENTS) and not _warned(d, Code.DIVERGENCE)
+    # The look-alike: the weights turn NaN after the first non-finite gradient (nothing skipped it).
+    set_param(run, "norm", "fc1.weight", np.where(np.arange(run.steps.size) >= 1, np.nan, 1.0))
+    assert loss_scaling(run, TH) is None
+    assert _warned(diagnose(run), Code.EXPLODING_GRADIENTS)
+
+
+# ------------------------------------------------------------------ 1c: the head in the depth test
+
+def test_depth_growth_ignores_a_regression_head_on_a_raw_scale_target() -> None:
+    run = healthy_run(mlp((20, 64, 64, 1)), loss_start=5e4, loss_end=3e3)
+    set_layer(run, "var", "fc3", 250.0 ** 2)     # the head's output grows to the target's scale
+    d = diagnose(run)
+    assert not _warned(d, Code.EXPLODING_GRADIENTS)
+
+
+def test_depth_growth_through_the_hidden_stack_still_fires() -> None:
+    run = healthy_run(mlp((20, 64, 64, 64, 1)), loss_start=5e4, loss_end=3e3)
+    set_layer(run, "var", "fc3", 250.0 ** 2)     # a hidden layer: the signal itself blows up
+    f = diagnose(run).by_code(Code.EXPLODING_GRADIENTS)
+    assert f and f[0].severity is not Severity.INFO and "activation std grows" in f[0].message
+
+
+def test_gradient_to_weight_test_stands_down_for_a_raw_scale_regression_target_only() -> None:
+    def run_with(accuracy: bool):   # noqa: ANN202
+        run = healthy_run(mlp((20, 64, 64, 1)), loss_start=5e4, loss_end=3e3, rel_grad=300.0, accuracy=accuracy)
+        set_layer(run, "mean", "fc3", 2000.0)    # predictions in raw units
+        return diagnose(run)
+    reg = run_with(False)
+    assert not _warned(reg, Code.EXPLODING_GRADIENTS)
+    assert any("raw-scale target" in f.message for f in reg.by_code(Code.EXPLODING_GRADIENTS))
+    clf = run_with(True)                          # accuracy logged: a classifier, no such excuse
+    assert _warned(clf, Code.EXPLODING_GRADIENTS)
+
+
+# ------------------------------------------------------------------ 1d: several outputs is not a classifier
+
+def test_multi_output_regression_is_not_judged_against_log_c() -> None:
+    run = healthy_run(mlp((20, 64, 4)), loss_start=26.0, loss_end=25.0)
+    assert not is_classifier(run, TH) and chance_loss(run, TH) is None
+    res = underfitting(run, TH, Context())
+    assert isinstance(res, NotEvaluated) and "4 outputs" in res.reason
+
+
+def test_flat_loss_at_log_c_is_still_underfitting_for_a_classifier() -> None:
+    run = healthy_run(mlp((20, 64, 4)), loss_start=1.40, loss_end=1.33)
+    assert is_classifier(run, TH) and chance_loss(run, TH) == pytest.approx(math.log(4))
+    res = underfitting(run, TH, Context())
+    assert not isinstance(res, NotEvaluated) and res and res[0].severity is Severity.WARNING
+
+
+# ------------------------------------------------------------------ 2a: only val_acc logged
+
+def _val_acc_only(val_acc: float, val_factor: float = 1.05):   # noqa: ANN202
+    run = healthy_run(loss_start=2.3, loss_end=1.4)
+    vs = run.metrics["val_loss"].steps
+    set_metric(run, "val_loss", vs, np.interp(vs, run.metrics["train_loss"].steps,
+                                              run.metrics["train_loss"].values) * val_factor)
+    set_metric(run, "val_acc", vs, np.linspace(0.1, val_acc, vs.size))
+    return run
+
+
+def test_underfitting_from_val_acc_when_train_and_val_loss_agree() -> None:
+    res = underfitting(_val_acc_only(0.4), TH, Context())
+    assert not isinstance(res, NotEvaluated) and res and res[0].severity is Severity.WARNING
+    assert "validation error 60.0%" in res[0].message and "no training accuracy" in res[0].message
+
+
+def test_good_val_acc_is_not_underfitting() -> None:
+    res = underfitting(_val_acc_only(0.97), TH, Context())
+    assert res == []
+
+
+def test_val_acc_does_not_stand_for_train_when_the_losses_differ() -> None:
+    res = underfitting(_val_acc_only(0.4, val_factor=1.6), TH, Context())
+    # The validation error says nothing about the training error here; the loss path judges (it improved).
+    assert res == [] or all("validation error" not in f.message for f in res)
+
+
+# ------------------------------------------------------------------ 2d: validation never beat chance
+
+def _memorizer(val_floor: float):   # noqa: ANN202
+    run = healthy_run(loss_start=2.3, loss_end=0.01, accuracy=False)
+    vs = run.metrics["val_loss"].steps
+    set_metric(run, "val_loss", vs, val_floor * (1 + np.sqrt(np.linspace(0, 1, vs.size))))
+    return run
+
+
+def test_memorizing_with_validation_at_chance_points_at_labels_not_early_stopping() -> None:
+    run = _memorizer(val_floor=2.314)
+    res = overfitting(run, TH, Context())
+    assert not isinstance(res, NotEvaluated) and res[0].severity is Severity.WARNING
+    assert "never went below the chance-level loss" in res[0].message
+    fixes = diagnose(run).by_code(Code.OVERFITTING)[0].fixes
+    assert fixes[0].kind is FixKind.DATA and "labels" in fixes[0].summary
+    assert all(fx.kind is not FixKind.EARLY_STOPPING for fx in fixes)
+
+
+def test_ordinary_overfitting_keeps_the_early_stopping_point() -> None:
+    run = _memorizer(val_floor=0.6)
+    res = overfitting(run, TH, Context())
+    assert not isinstance(res, NotEvaluated) and "chance" not in res[0].message
+    fixes = diagnose(run).by_code(Code.OVERFITTING)[0].fixes
+    assert fixes[0].kind is FixKind.EARLY_STOPPING and "Stop at step" in fixes[0].summary
