@@ -1367,3 +1367,32 @@ def _i11_fp16_regrowth(logdir: Path) -> None:
     fit_i11(m, torch.optim.RMSprop(m.parameters(), 1e-3), wine(seed=52), logdir, epochs=20, batch=16, every=2,
             seed=52, pass_optimizer=False, autocast=torch.float16,
             scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 20, growth_interval=10))
+
+
+@case("i11_exploding_rnn_first_steps_sgd", "Vanilla tanh RNN (hidden 48) regressing sequence means over 30 steps "
+      "with plain SGD at lr 1.0: the gradient norm climbs from 0.75 to 6e3 within the first six steps and the "
+      "run is NaN by step 14 (the explosion lies inside the early reference window).",
+      must=(C.EXPLODING_GRADIENTS,), may=(C.DIVERGENCE, C.LEARNING_RATE, C.UNSTABLE_LOSS, C.UNDERFITTING,
+                                           C.POOR_INIT, C.SATURATION, C.VANISHING_GRADIENTS),
+      fixes={C.EXPLODING_GRADIENTS: (K.CLIPPING, K.LEARNING_RATE)},
+      arch="vanilla RNN (tanh)", optimizer="SGD", data="synthetic regression sequences")
+def _i11_rnn_early(logdir: Path) -> None:
+    m = SeqNet(nn.RNN, 2, 48, 1)
+    fit_i11(m, torch.optim.SGD(m.parameters(), 1.0), regression_sequences(600, 30, seed=61), logdir, epochs=3,
+            batch=32, seed=61)
+
+
+@case("i11_holdout_exploding_lstm_first_steps", "LSTM (hidden 32) classifying memory sequences (length 40) with "
+      "plain SGD at lr 8, no clipping.",
+      must=(C.EXPLODING_GRADIENTS,), may=(C.DIVERGENCE, C.LEARNING_RATE, C.UNSTABLE_LOSS, C.UNDERFITTING,
+                                           C.POOR_INIT, C.SATURATION, C.VANISHING_GRADIENTS, C.OVERFITTING),
+      fixes={C.EXPLODING_GRADIENTS: (K.CLIPPING,)},
+      holdout=True, arch="LSTM", optimizer="SGD", data="synthetic memory sequences",
+      known_miss="exploding_gradients does not fire: the total gradient norm peaks at 3.6 on step 3 (22× step 0) "
+                 "and settles near 0.6 — the LSTM's bounded gates keep it from blowing up — while the weights grow "
+                 "4× and the loss ends at 1.8, 2.6× the chance-level log 2; learning_rate (too high) fires, which "
+                 "is the real trouble. The label (written before the run) is doubtful; kept as a scored miss.")
+def _i11_lstm_early(logdir: Path) -> None:
+    m = SeqNet(nn.LSTM, 4, 32, 2)
+    fit_i11(m, torch.optim.SGD(m.parameters(), 8.0), memory_sequences(600, 40, seed=62), logdir, epochs=3,
+            batch=32, seed=62)

@@ -24,13 +24,13 @@ from tests.rulecases import healthy_run, mlp, set_layer, set_metric, set_param
 TH = Thresholds()
 
 
-def _warned(diag, code: Code) -> bool:   # noqa: ANN001
+def _warned(diag, code: Code) -> bool:
     return any(f.code is code and f.severity is not Severity.INFO for f in diag.findings)
 
 
 # ------------------------------------------------------------------ 1a: input normalized inside forward()
 
-def _raw_input(run, std: float = 80.0, mean: float = 120.0) -> None:   # noqa: ANN001
+def _raw_input(run, std: float = 80.0, mean: float = 120.0) -> None:
     run.inputs = [(s, InputStats(mean=mean, std=std, min=0.0, max=255.0, count=640)) for s, _ in run.inputs]
 
 
@@ -70,7 +70,7 @@ def test_feature_spread_alone_is_not_excused_by_the_estimate() -> None:
 
 # ------------------------------------------------------------------ 1b: loss-scaled gradients, no scaler=
 
-def _scaled(run, scale: float = 2.0 ** 16):   # noqa: ANN001, ANN202
+def _scaled(run, scale: float = 2.0 ** 16):
     run.clip_norm = run.grad_norm.copy()
     run.grad_norm = run.grad_norm * scale
     run.all_grad_norm = run.all_grad_norm * scale
@@ -128,7 +128,7 @@ def test_depth_growth_through_the_hidden_stack_still_fires() -> None:
 
 
 def test_gradient_to_weight_test_stands_down_for_a_raw_scale_regression_target_only() -> None:
-    def run_with(accuracy: bool):   # noqa: ANN202
+    def run_with(accuracy: bool):
         run = healthy_run(mlp((20, 64, 64, 1)), loss_start=5e4, loss_end=3e3, rel_grad=300.0, accuracy=accuracy)
         set_layer(run, "mean", "fc3", 2000.0)    # predictions in raw units
         return diagnose(run)
@@ -157,7 +157,7 @@ def test_flat_loss_at_log_c_is_still_underfitting_for_a_classifier() -> None:
 
 # ------------------------------------------------------------------ 2a: only val_acc logged
 
-def _val_acc_only(val_acc: float, val_factor: float = 1.05):   # noqa: ANN202
+def _val_acc_only(val_acc: float, val_factor: float = 1.05):
     run = healthy_run(loss_start=2.3, loss_end=1.4)
     vs = run.metrics["val_loss"].steps
     set_metric(run, "val_loss", vs, np.interp(vs, run.metrics["train_loss"].steps,
@@ -185,7 +185,7 @@ def test_val_acc_does_not_stand_for_train_when_the_losses_differ() -> None:
 
 # ------------------------------------------------------------------ 2d: validation never beat chance
 
-def _memorizer(val_floor: float):   # noqa: ANN202
+def _memorizer(val_floor: float):
     run = healthy_run(loss_start=2.3, loss_end=0.01, accuracy=False)
     vs = run.metrics["val_loss"].steps
     set_metric(run, "val_loss", vs, val_floor * (1 + np.sqrt(np.linspace(0, 1, vs.size))))
@@ -208,3 +208,53 @@ def test_ordinary_overfitting_keeps_the_early_stopping_point() -> None:
     assert not isinstance(res, NotEvaluated) and "chance" not in res[0].message
     fixes = diagnose(run).by_code(Code.OVERFITTING)[0].fixes
     assert fixes[0].kind is FixKind.EARLY_STOPPING and "Stop at step" in fixes[0].summary
+
+
+# ------------------------------------------------------------------ 2c: an explosion inside the early window
+
+def _early_blowup():
+    run = healthy_run(n=60)
+    g = run.all_grad_norm.copy()
+    g[:3] = [0.8, 0.9, 1.0]                       # the healthy first steps
+    g[3:] = 1.0 * 10.0 ** np.minimum(np.arange(3, g.size) - 2, 8)   # ×10 a step from step 3, capped at 1e8
+    run.all_grad_norm = g
+    run.grad_norm = g[run.steps]
+    return run
+
+
+def test_growth_is_measured_from_before_a_blowup_inside_the_early_window() -> None:
+    from gradscope.judge.rules._common import early_reference
+    run = _early_blowup()
+    assert early_reference(run.all_grad_norm, TH) == pytest.approx(0.9, rel=0.2)
+    # A window without a blow-up keeps its median (a steadily rising norm is judged as before).
+    rising = np.linspace(0.5, 2.0, 60)
+    assert early_reference(rising, TH) == pytest.approx(float(np.median(rising[:6])))
+    f = [x for x in diagnose(run).by_code(Code.EXPLODING_GRADIENTS) if x.severity is not Severity.INFO]
+    assert f and f[0].steps is not None and f[0].steps[0] <= 5
+    clip = next(fx for fx in f[0].fixes if fx.kind is FixKind.CLIPPING)
+    # Taken from the healthy first steps (≈ 1), not from the exploded ones (1e3…1e8).
+    assert "max_norm=" in clip.code and float(clip.code.split("max_norm=")[1].rstrip(")")) < 10
+
+
+def test_no_healthy_step_before_the_trouble_gives_no_made_up_clip_norm() -> None:
+    from gradscope.judge.rules._fixes import suggest_max_norm
+    run = _early_blowup()
+    assert suggest_max_norm(run, TH, before_step=0) is None
+
+
+def _classifier_loss(start: float, end: float, *, accuracy: bool):
+    run = healthy_run(loss_start=start, loss_end=end, accuracy=accuracy)
+    return run
+
+
+def test_a_classifier_whose_loss_blew_up_at_once_is_judged_against_log_c() -> None:
+    # 10 classes: log C = 2.3; the first logged loss (60) is already exploded and the run ends at 40.
+    run = _classifier_loss(60.0, 40.0, accuracy=True)
+    f = [x for x in diagnose(run).by_code(Code.DIVERGENCE) if x.severity is not Severity.INFO]
+    assert f and "chance-level loss log(C)" in f[0].message
+
+
+def test_a_regression_loss_that_fell_is_not_divergence() -> None:
+    run = _classifier_loss(60.0, 40.0, accuracy=False)   # no accuracy, start far from log C: a regression
+    assert not is_classifier(run, TH)
+    assert not diagnose(run).by_code(Code.DIVERGENCE)

@@ -212,6 +212,26 @@ def early_count(n: int, th: Thresholds) -> int:
     return min(n, max(th.early_min_steps, math.ceil(n * th.early_fraction)))
 
 
+def early_reference(values: np.ndarray, th: Thresholds) -> float:
+    """The healthy level of a series' early window (NaN when it has no finite value): its median, unless the
+    series blew up inside the window — its medians of ``early_min_steps`` consecutive values span
+    ``exploding_growth``× or more — and then the lowest of those medians.
+
+    A plain median of the early window is the exploded level itself when a run blows up inside it (an RNN whose
+    gradients explode within the first 20 steps): growth would be measured from the explosion and a clipping
+    norm taken from it. The lowest short-window median is the run before trouble, and still robust to one
+    noisy step; a window without a blow-up keeps its median (a norm that rises steadily is judged as before)."""
+    v = np.asarray(values, dtype=float)[:early_count(len(values), th)]
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan
+    med = float(np.median(v))
+    w = min(th.early_min_steps, v.size)
+    meds = np.median(np.lib.stride_tricks.sliding_window_view(v, w), axis=1)
+    lo, hi = float(np.min(meds)), float(np.max(meds))
+    return lo if lo > 0 and hi >= th.exploding_growth * lo else med
+
+
 def tail_slice(n: int, th: Thresholds) -> slice:
     k = max(1, math.ceil(n * th.tail_fraction))
     return slice(n - k, n)

@@ -22,7 +22,7 @@ import numpy as np
 from gradscope.judge.findings import Fix, FixKind
 from gradscope.judge.rules._common import (
     current_lr,
-    early_count,
+    early_reference,
     is_plain_path,
     label,
     module_path,
@@ -50,8 +50,9 @@ def suggest_max_norm(run: Run, th: Thresholds, before_step: int | None = None) -
     """A ``clip_grad_norm_`` max_norm: the ``clip_percentile`` of the total gradient norm on the healthy steps.
 
     Healthy steps are those before ``before_step`` (where trouble began) whose norm stays within
-    √``exploding_growth`` (10× by default) of the early median — the run's normal range, without the
-    start of the blow-up; when there are too few, the early window itself."""
+    √``exploding_growth`` (10× by default) of the early level (``early_reference``, the run before any blow-up
+    inside the early window) — the run's normal range, without the start of the blow-up. None when no step
+    qualifies: a norm taken from already-exploded steps would be no clip at all."""
     steps, vals = run.all_steps, run.all_grad_norm
     if vals.size == 0:
         steps, vals = run.steps, run.grad_norm
@@ -59,12 +60,11 @@ def suggest_max_norm(run: Run, th: Thresholds, before_step: int | None = None) -
     if ok.sum() == 0:
         return None
     steps, vals = steps[ok], vals[ok]
-    early = vals[:early_count(vals.size, th)]
-    ref = float(np.median(early))
+    ref = early_reference(vals, th)
     cand = vals[steps < before_step] if before_step is not None else vals
     healthy = cand[cand <= ref * math.sqrt(th.exploding_growth)]
-    if healthy.size < th.early_min_steps:
-        healthy = early
+    if healthy.size == 0:
+        return None
     p = float(np.percentile(healthy, th.clip_percentile))
     return float(f"{p:.2g}") if p > 0 else None
 
@@ -205,7 +205,9 @@ def clip_fix(run: Run, th: Thresholds, before_step: int | None) -> Fix:
     m = suggest_max_norm(run, th, before_step)
     where = "# between loss.backward() and optimizer.step():\n"
     if m is None:
-        return Fix(FixKind.CLIPPING, "Clip the total gradient norm between backward() and step()",
+        why = (" (no recorded step before the trouble had a healthy norm to take it from: start at 1.0)"
+               if np.isfinite(run.all_grad_norm).any() or np.isfinite(run.grad_norm).any() else "")
+        return Fix(FixKind.CLIPPING, f"Clip the total gradient norm between backward() and step(){why}",
                    where + "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)")
     return Fix(FixKind.CLIPPING,
                f"Clip the total gradient norm at {sig(m)} (the {th.clip_percentile:.0f}th percentile of the "

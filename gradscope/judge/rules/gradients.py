@@ -23,6 +23,7 @@ from gradscope.judge.rules._common import (
     Rule,
     RuleResult,
     early_count,
+    early_reference,
     finite_rows,
     fmt_num,
     fmt_steps,
@@ -263,7 +264,7 @@ def _growth(values: np.ndarray, th: Thresholds) -> tuple[float, np.ndarray, floa
     k = early_count(n, th)
     if n - k < 1:
         return None
-    early = float(nanmedian(values[:k]))
+    early = early_reference(values, th)     # the level before trouble, even when it began in the early window
     if not (math.isfinite(early) and early > 0):
         return None
     later = values[k:]
@@ -304,8 +305,10 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     non-finite parameter gradients on a step the optimizer did not skip;
     the first layer's relative gradient exceeds ``exploding_ratio`` × the last layer's on ``persistence`` of
     the steps (depth ratio, the mirror of vanishing);
-    the total gradient norm grows above ``exploding_growth`` × its early median on ``exploding_persistence`` of
-    the later steps (this catches a model whose every layer grows alike, depth ratio ≈ 1);
+    the total gradient norm grows above ``exploding_growth`` × its early level (``early_reference``: the lowest
+    median of ``early_min_steps`` consecutive values in the early window, so a blow-up inside that window is
+    measured from before it) on ``exploding_persistence`` of the later steps (this catches a model whose every
+    layer grows alike, depth ratio ≈ 1);
     a hidden layer's activation std grows above ``exploding_activation_growth`` × its early value likewise
     (not the output layer: logits grow as a classifier becomes confident);
     the activation std grows by ``signal_depth_factor`` from the first to the last weighted layer (on
@@ -401,11 +404,14 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         # Sustained to the end counts however short: a run that ends exploded did not recover.
         ended = fin_mask.size >= th.early_min_steps and bool(fin_mask[-th.early_min_steps:].all())
         if frac >= th.exploding_persistence or ended:
-            later_steps = gsteps[early_count(gvals.shape[0], th):]
+            k0 = early_count(gvals.shape[0], th)
+            later_steps = gsteps[k0:]
+            with np.errstate(invalid="ignore"):
+                flagged_steps += gsteps[:k0][gvals[:k0] > early * th.exploding_growth].tolist()   # began early
             peak = float(np.nanmax(gvals)) / early
             if peak >= th.exploding_growth ** 2:
                 severity = Severity.ERROR
-            reasons.append(f"total gradient norm rose to {fmt_num(peak)}× its early median {fmt_num(early)} "
+            reasons.append(f"total gradient norm rose to {fmt_num(peak)}× its early level {fmt_num(early)} "
                            f"(above {fmt_num(th.exploding_growth)}× on {pct(frac)} of later steps)")
             evidence["grad_norm_early_median"] = early
             evidence["grad_norm_peak_growth"] = peak

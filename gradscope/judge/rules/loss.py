@@ -21,6 +21,8 @@ from gradscope.judge.rules._common import (
     finite_series,
     fmt_num,
     fmt_steps,
+    head_outputs,
+    is_classifier,
     loss_scaling,
     nanmedian,
     step_range,
@@ -73,7 +75,9 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     gradient norm of a step is non-finite — on a step an AMP GradScaler did not skip (a scaler skips
     overflowing steps on purpose and recovers; also one that ``watch`` was not given, recognized by
     ``loss_scaling``). Also when the training loss at the end (median of the last
-    ``tail_fraction``) is ``divergence_loss_growth`` times its starting value (a warning).
+    ``tail_fraction``) is ``divergence_loss_growth`` times its starting value, or for a classifier (see
+    ``is_classifier``) times the chance-level loss log(C) when that is lower (a warning): a run whose loss blew
+    up within its first logged values is not excused by comparing it with them.
 
     Why it matters: one NaN poisons every weight it touches; nothing trained after it is usable.
 
@@ -141,12 +145,20 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         k = early_count(v.size, th)
         start = float(nanmedian(v[:k]))
         end = float(nanmedian(v[tail_slice(v.size, th)]))
-        if start > 0 and end >= th.divergence_loss_growth * start:
+        # A classifier's reference is also the chance-level loss log(C): a run that blew up within its first
+        # logged values starts far above it, and comparing with that start would excuse the whole run.
+        c = head_outputs(run)
+        chance = math.log(c) if c is not None and c >= 2 and is_classifier(run, th) else None
+        ref, what = start, "its start"
+        if chance is not None and chance < start:
+            ref, what = chance, f"the chance-level loss log(C) = {fmt_num(chance)}"
+        if ref > 0 and end >= th.divergence_loss_growth * ref:
             steps = step_range(st[tail_slice(v.size, th)])
+            rose = (f"rose from {fmt_num(start)} to {fmt_num(end)}" if end > start else
+                    f"started at {fmt_num(start)} and ended at {fmt_num(end)}")
             return [Finding(code, Severity.WARNING, "Training loss diverging",
-                            f"training loss rose from {fmt_num(start)} to {fmt_num(end)} "
-                            f"({fmt_num(end / start)}× its start, threshold {fmt_num(th.divergence_loss_growth)}×) "
-                            f"over {fmt_steps(steps)}", steps=steps,
+                            f"training loss {rose} ({fmt_num(end / ref)}× {what}, threshold "
+                            f"{fmt_num(th.divergence_loss_growth)}×) over {fmt_steps(steps)}", steps=steps,
                             evidence={"start_loss": start, "end_loss": end, "first_step": steps[0] if steps else None},
                             confidence=0.8, detail=FirstStep(steps[0] if steps else None))]
     return []
