@@ -352,6 +352,32 @@ class Thresholds:
     generalization", ICLR 2017, fit random labels to zero training error). 0.95 leaves room for the noise of a
     small validation set around log(C); a model that learns anything transferable goes well below it."""
 
+    lr_slow_max_drop: float = 0.3
+    """A learning rate inside the update/weight band but below the family's typical ratio is called too low
+    only when the training loss fell by less than this fraction of its early level over the whole run while
+    still falling steadily: a well-set rate takes a loss from chance level down by far more within a few epochs
+    (the healthy zoo classifiers drop by well over half); 30 % leaves room for hard tasks."""
+
+    lr_slow_ratio_fraction: float = 0.5
+    """The slow-progress test for a too-low learning rate applies only when the median update/weight ratio is
+    below this fraction of the family's typical ratio (``lr_target_ratio``/``lr_target_ratio_adaptive``): steps
+    clearly smaller than usual. Checked on the gradscope zoo: a loss creeping down at its noise floor (a noisy
+    multi-target regression with Adam, ratio 0.69× typical) must not be called a learning-rate problem, while
+    runs at 100–500× too low a rate sit at 0.06–0.12×. Healthy runs reach down to 0.15× but make real
+    progress, which the loss test requires to be absent."""
+
+    lr_trend_min_points: int = 5
+    """Fewest logged training losses for the trend test: with four values even a perfectly monotone series
+    reaches a one-sided Mann–Kendall p of only 0.042 (Kendall's exact distribution), with five 0.008."""
+
+    lr_trend_p: float = 0.05
+    """Significance of the one-sided Mann–Kendall test (Kendall's tau of loss against step) for "the loss is
+    still falling": the conventional 5 % level (Mann 1945)."""
+
+    lr_trend_confidence: float = 0.95
+    """Confidence of the Theil–Sen slope interval (Sen 1968) that must lie below zero for the loss to count as
+    still falling; ``scipy.stats.theilslopes``' default."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))

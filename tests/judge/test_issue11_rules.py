@@ -258,3 +258,41 @@ def test_a_regression_loss_that_fell_is_not_divergence() -> None:
     run = _classifier_loss(60.0, 40.0, accuracy=False)   # no accuracy, start far from log C: a regression
     assert not is_classifier(run, TH)
     assert not diagnose(run).by_code(Code.DIVERGENCE)
+
+
+# ------------------------------------------------------------------ 2b: a learning rate 100× too low
+
+def _creeping(loss_end: float, *, ratio_scale: float = 1.0, points: int = 12):
+    """SGD, update/weight ratio ≈ 3e-4 × ratio_scale (inside the absolute band), per-epoch losses from 2.35."""
+    run = healthy_run(optimizer="SGD", lr=0.001)
+    run.param_stats["update_ratio"] = run.param_stats["update_ratio"] * 30 * ratio_scale   # lr·rel_grad = 1e-5 → 3e-4
+    st = run.steps[:: max(1, run.steps.size // points)]
+    set_metric(run, "train_loss", st, np.linspace(2.35, loss_end, st.size) * (1 + 0.003 * np.sin(np.arange(st.size))))
+    set_metric(run, "val_loss", st, np.linspace(2.36, loss_end + 0.01, st.size))
+    return run
+
+
+def test_slow_steady_progress_with_small_steps_is_a_learning_rate_too_low() -> None:
+    from gradscope.judge.rules import learning_rate
+    run = _creeping(2.17)
+    res = learning_rate(run, TH, Context())
+    assert not isinstance(res, NotEvaluated) and res and res[0].title == "Learning rate too low"
+    assert "Theil–Sen" in res[0].message and "Mann–Kendall" in res[0].message
+    fx = diagnose(run).by_code(Code.LEARNING_RATE)[0].fixes[0]
+    assert fx.kind is FixKind.LEARNING_RATE and "(was 0.001)" in fx.summary
+
+
+@pytest.mark.parametrize(("loss_end", "ratio_scale", "why"), [
+    (0.5, 1.0, "real progress"),
+    (2.17, 3.0, "steps of the usual size (a loss creeping at its noise floor)"),
+    (2.35, 1.0, "no trend: a plateau"),
+])
+def test_look_alikes_are_not_a_learning_rate_problem(loss_end: float, ratio_scale: float, why: str) -> None:
+    from gradscope.judge.rules import learning_rate
+    res = learning_rate(_creeping(loss_end, ratio_scale=ratio_scale), TH, Context())
+    assert res == [], why
+
+
+def test_too_few_losses_for_a_trend_say_nothing() -> None:
+    from gradscope.judge.rules import learning_rate
+    assert learning_rate(_creeping(2.17, points=4), TH, Context()) == []

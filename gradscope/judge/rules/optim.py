@@ -14,6 +14,8 @@ from gradscope.judge.rules._common import (
     Rule,
     RuleResult,
     current_lr,
+    early_count,
+    finite_series,
     fmt_num,
     fmt_steps,
     is_adaptive,
@@ -23,6 +25,7 @@ from gradscope.judge.rules._common import (
     pct,
     stat,
     step_range,
+    tail_slice,
     weighted_layers,
 )
 from gradscope.judge.rules._fixes import lr_fix, sig
@@ -56,7 +59,13 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     vanishing-gradients finding names are left out (they are slow because no gradient reaches them, not
     because of the learning rate). Steps with no update at all (a skipped or accumulating step, a zero
     learning rate) are left out. Normalization and
-    embedding weights are not judged (their ratios follow other laws).
+    embedding weights are not judged (their ratios follow other laws). Inside the band, a rate is also too
+    low when the ratio is below ``lr_slow_ratio_fraction`` of the optimizer family's typical value
+    (``lr_target_ratio``, or ``lr_target_ratio_adaptive``) and the training loss shows slow, steady
+    progress: a one-sided Mann–Kendall test finds a falling trend (p below ``lr_trend_p``, at least
+    ``lr_trend_min_points`` values), the Theil–Sen slope's ``lr_trend_confidence`` interval is below zero,
+    and the loss fell by less than ``lr_slow_max_drop`` over the run — a model that keeps improving at this
+    pace is held back by its step size, not its capacity (a plateau or real progress does not count).
 
     Why it matters: the ratio says how far one step moves the weights relative to their size; ~1e-3 is the
     usual healthy value (Karpathy, CS231n). Adam-like optimizers move each element by ≈ lr whatever the
@@ -108,6 +117,8 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             bad_layers = [run.layers[w[j][0]].name for j in range(len(w)) if per_layer[j] > high]
     elif growth is not None and growth >= th.lr_weight_growth:
         return [_too_high_by_growth(run, th, growth, ratio, adaptive, target)]
+    elif ratio < th.lr_slow_ratio_fraction * target and (slow := _slow_steady_progress(run, th)) is not None:
+        return [_too_low_by_progress(run, th, ratio, per_layer, target, adaptive, slow)]
     else:
         return []
     frac = float(out[ok].sum() / ok.sum())
@@ -139,6 +150,54 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                                 suggested_lr=suggested)
     return [Finding(code, Severity.WARNING, title, msg, layers=tuple(bad_layers), steps=steps, evidence=evidence,
                     confidence=min(1.0, 0.5 + 0.5 * frac), detail=detail)]
+
+
+def _slow_steady_progress(run: Run, th: Thresholds) -> dict[str, float] | None:
+    """The training loss falls steadily but slowly: a Mann–Kendall test (Kendall's tau of loss against step,
+    one-sided) says it decreases with p below ``lr_trend_p``, the Theil–Sen slope's ``lr_trend_confidence``
+    interval lies below zero, and the loss fell by less than ``lr_slow_max_drop`` of its early level over the
+    run. None otherwise (too few points, a plateau, noise, or real progress). Robust statistics, so one noisy
+    epoch neither makes nor breaks the trend (Sen 1968; Mann 1945; Kendall 1975)."""
+    from scipy.stats import kendalltau, theilslopes  # imported here: the rest of the judge needs only numpy
+
+    st, v = finite_series(run.metrics.get("train_loss"))
+    if v.size < th.lr_trend_min_points or not (v > 0).all():
+        return None
+    x = st.astype(float)
+    tau, p = kendalltau(x, v, alternative="less")
+    slope, _, lo, hi = theilslopes(v, x, th.lr_trend_confidence)
+    k = early_count(v.size, th)
+    start, end = float(np.median(v[:k])), float(np.median(v[tail_slice(v.size, th)]))
+    drop = 1.0 - end / start
+    if not (np.isfinite(p) and p < th.lr_trend_p and hi < 0 and drop < th.lr_slow_max_drop):
+        return None
+    return {"tau": float(tau), "p": float(p), "slope": float(slope), "slope_low": float(lo), "slope_high": float(hi),
+            "drop": drop, "start": start, "end": end, "span": float(x[-1] - x[0])}
+
+
+def _too_low_by_progress(run: Run, th: Thresholds, ratio: float, per_layer: np.ndarray, target: float,
+                         adaptive: bool, slow: dict[str, float]) -> Finding:
+    lr = current_lr(run)
+    fastest = float(np.nanmax(per_layer))
+    factor = target / fastest if fastest > 0 else 1.0
+    suggested = lr * factor if lr is not None else None
+    opt = optimizer_name(run) or "optimizer"
+    lr_txt = f" (lr {fmt_num(lr)}, {opt})" if lr is not None else f" ({opt})"
+    steps = step_range(run.steps)
+    msg = (f"training loss is still falling steadily (Theil–Sen slope {fmt_num(1000 * slow['slope'])} per 1000 "
+           f"steps, {100 * th.lr_trend_confidence:.0f}% interval {fmt_num(1000 * slow['slope_low'])} to "
+           f"{fmt_num(1000 * slow['slope_high'])}; Mann–Kendall p = {fmt_num(slow['p'])}) but fell only "
+           f"{100 * slow['drop']:.0f}% over the run ({fmt_num(slow['start'])} → {fmt_num(slow['end'])}, threshold "
+           f"{100 * th.lr_slow_max_drop:.0f}%), while the median update/weight ratio {fmt_num(ratio)} is below "
+           f"{fmt_num(th.lr_slow_ratio_fraction)}× the typical {fmt_num(target)} for "
+           f"{'adaptive optimizers' if adaptive else 'SGD'}: the learning rate is too "
+           f"low{lr_txt}")
+    evidence = {"median_update_ratio": ratio, "direction": "low", "target_ratio": target,
+                "adaptive_optimizer": adaptive, "lr": lr, "suggested_lr": suggested, "lr_factor": factor,
+                "loss_trend": slow, "threshold": th.lr_slow_max_drop}
+    detail = LearningRateDetail(direction="low", ratio=fastest, target=target, factor=factor, suggested_lr=suggested)
+    return Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning rate too low", msg, steps=steps,
+                   evidence=evidence, confidence=0.6, detail=detail)
 
 
 def _weight_growth(run: Run, cols: list[int]) -> float | None:
