@@ -296,3 +296,64 @@ def test_look_alikes_are_not_a_learning_rate_problem(loss_end: float, ratio_scal
 def test_too_few_losses_for_a_trend_say_nothing() -> None:
     from gradscope.judge.rules import learning_rate
     assert learning_rate(_creeping(2.17, points=4), TH, Context()) == []
+
+
+# ------------------------------------------------------------------ 3: fixes read the run
+
+def test_weight_decay_already_set_is_raised_from_its_value_not_added() -> None:
+    from gradscope.judge.rules.fitting import overfitting as _rule
+    from gradscope.judge.rules.fitting import overfitting_fixes
+    run = _memorizer(val_floor=0.6)
+    run.header.optimizer["weight_decay"] = 0.1
+    f = _rule(run, TH, Context())[0]
+    wd = [fx for fx in overfitting_fixes(f, run, TH) if fx is not None and "weight decay" in fx.summary]
+    assert wd and wd[0].summary.startswith("Raise weight decay from 0.1 to 1")
+    run.header.optimizer["weight_decay"] = 0.0
+    wd = [fx for fx in overfitting_fixes(f, run, TH) if fx is not None and "weight decay" in fx.summary]
+    assert wd[0].summary.startswith("Add weight decay")
+
+
+def test_clipping_advice_reads_the_users_own_clip() -> None:
+    from gradscope.judge.rules._fixes import clip_fix
+    run = _early_blowup()
+    run.clip_norm = np.minimum(run.grad_norm, 0.5)       # the user clips at 0.5: it binds on every step
+    fx = clip_fix(run, TH, before_step=40)
+    assert "already clipped at 0.5" in fx.summary
+    run.clip_norm = np.minimum(run.grad_norm, 1e6)        # clipping at 1e6 binds on the exploded steps
+    fx = clip_fix(run, TH, before_step=40)
+    assert fx.summary.startswith("Lower the gradient clipping norm from") and "# was" in fx.code
+
+
+def test_lowering_the_learning_rate_never_claims_to_raise_the_ratio() -> None:
+    from gradscope.judge.findings import Finding
+    from gradscope.judge.rules.optim import LearningRateDetail, learning_rate_fixes
+    run = healthy_run()
+    f = Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning rate too high", "", detail=LearningRateDetail(
+        direction="high", ratio=0.0023, target=0.01, factor=0.04, suggested_lr=4e-5))
+    summary = learning_rate_fixes(f, run, TH)[0].summary
+    assert "from 0.0023 to about 9.2e-05" in summary
+    g = Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning rate too high", "", evidence={"weight_growth": 25.0},
+                detail=LearningRateDetail(direction="high", ratio=0.0023, target=0.01, factor=0.04))
+    assert "grew 25×" in learning_rate_fixes(g, run, TH)[0].summary
+
+
+def test_no_normalization_after_a_norm_layer_and_no_he_init_on_its_gain() -> None:
+    from gradscope.judge.rules._fixes import init_fix, norm_fix
+    from tests.rulecases import L
+    layers = [L("0", 20, 64), L("1", 64, 64, None, type="BatchNorm1d"), L("3", 64, 64), L("4", 64, 10, None)]
+    run = healthy_run(layers)
+    nf = norm_fix(run, ["1", "0", "3"], "why", TH)
+    assert nf is not None and "model[1]" not in nf.summary and "model[0]" not in nf.summary   # 0 feeds a BN
+    assert "model[3]" in nf.summary
+    init = init_fix(run, ["1", "3"], "why", TH)
+    assert init is not None and "model[1]" not in init.code and "model[1]" not in init.summary
+
+
+def test_widths_are_units_not_fans() -> None:
+    from gradscope.judge.findings import Finding
+    from gradscope.judge.rules.fitting import underfitting_fixes
+    from tests.rulecases import L
+    run = healthy_run([L("conv1", 9, 144, type="Conv2d", units=16), L("fc", 256, 10, None)])
+    f = Finding(Code.UNDERFITTING, Severity.WARNING, "Underfitting", "")
+    cap = next(fx for fx in underfitting_fixes(f, run, TH) if fx is not None and fx.kind is FixKind.CAPACITY)
+    assert "(16 → 32 units)" in cap.summary

@@ -96,7 +96,9 @@ def param_expr(run: Run, la: LayerInfo, attr: str) -> str | None:
 
 
 def units(run: Run, la: LayerInfo) -> int | None:
-    """Output units of a layer: the recorded per-unit count, else a Linear's fan_out."""
+    """Output units of a layer: the recorded per-unit count (features of a Linear, channels of a convolution,
+    the hidden size of a recurrent layer), else a Linear's fan_out. Never a convolution's fan_out (channels ×
+    kernel area) or a GRU/LSTM's stacked gate rows."""
     u = run.layer_stats.get("units")
     if u is not None and u.size:
         i = run.layers.index(la)
@@ -153,8 +155,8 @@ _INIT_NONLINEARITY = {"tanh": "tanh", "sigmoid": "sigmoid"}
 def init_lines(run: Run, la: LayerInfo, act: str | None = None) -> list[str]:
     """``nn.init`` calls matching the activation after ``la`` (He, Glorot with gain, LeCun for SELU)."""
     w = param_expr(run, la, "weight")
-    if w is None:
-        return []
+    if w is None or "norm" in la.type.lower():
+        return []      # a normalization layer's weight is a gain (ones), not a matrix to He/Glorot-initialize
     a = (act if act is not None else la.act or "").lower()
     if a == "selu":
         lines = [f'nn.init.kaiming_normal_({w}, nonlinearity="linear")  # LeCun normal for SELU']
@@ -201,9 +203,31 @@ def lr_fix(run: Run, factor: float, why: str, new_lr: float | None = None) -> Fi
                f"for group in optimizer.param_groups:\n    group[\"lr\"] *= {sig(factor, 1)}")
 
 
+def user_clip_norm(run: Run) -> float | None:
+    """The ``max_norm`` the user already clips at: the largest total norm the optimizer stepped with, when
+    clipping is active (``Run.clipping``); None otherwise."""
+    if not run.clipping:
+        return None
+    c = np.asarray(run.clip_norm, dtype=float)
+    c = c[np.isfinite(c) & (c > 0)]
+    return float(f"{float(np.max(c)):.2g}") if c.size else None
+
+
 def clip_fix(run: Run, th: Thresholds, before_step: int | None) -> Fix:
     m = suggest_max_norm(run, th, before_step)
     where = "# between loss.backward() and optimizer.step():\n"
+    have = user_clip_norm(run)
+    if have is not None:
+        if m is not None and m < have:
+            return Fix(FixKind.CLIPPING,
+                       f"Lower the gradient clipping norm from {sig(have)} to {sig(m)} (the {th.clip_percentile:.0f}th "
+                       f"percentile of the healthy early steps)",
+                       where + f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={sig(m)})"
+                       f"  # was {sig(have)}")
+        return Fix(FixKind.CLIPPING,
+                   f"Gradients are already clipped at {sig(have)}: clipping more tightly than the healthy steps' norm "
+                   f"would only slow training; the learning rate or the model is where to act",
+                   f"# already: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={sig(have)})")
     if m is None:
         why = (" (no recorded step before the trouble had a healthy norm to take it from: start at 1.0)"
                if np.isfinite(run.all_grad_norm).any() or np.isfinite(run.grad_norm).any() else "")
@@ -215,11 +239,20 @@ def clip_fix(run: Run, th: Thresholds, before_step: int | None) -> Fix:
                where + f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={sig(m)})")
 
 
+def _normalized(run: Run, la: LayerInfo) -> bool:
+    """The next watched layer after ``la`` is a normalization layer (BatchNorm/LayerNorm/GroupNorm): its output
+    is normalized already."""
+    i = run.layers.index(la)
+    nxt = run.layers[i + 1] if i + 1 < len(run.layers) else None
+    return nxt is not None and "norm" in nxt.type.lower()
+
+
 def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresholds) -> Fix | None:
     """A normalization layer on each named layer's output (before the activation that follows it); not on the
     model's head when other layers are named (normalized logits cap the classifier's confidence)."""
     head = output_layer(run)
-    cands = named(run, names, th)
+    # Not on a normalization layer, nor on a layer whose output already goes through one.
+    cands = [la for la in named(run, names, th) if "norm" not in la.type.lower() and not _normalized(run, la)]
     if len(cands) > 1:
         cands = [la for la in cands if head is None or la is not run.layers[head]]
     las = [(la, n) for la in cands if (n := norm_layer(run, la)) is not None]
@@ -236,11 +269,15 @@ def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
 def init_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresholds,
              act: str | None = None) -> Fix | None:
     lines: list[str] = []
+    done: list[str] = []
     for la in named(run, names, th):
-        lines += init_lines(run, la, act)
+        got = init_lines(run, la, act)
+        lines += got
+        if got:
+            done.append(la.name)
     if not lines:
         return None
-    return Fix(FixKind.INIT, f"Re-initialize {list_names(list(names), th)} to match the activation: {why}",
+    return Fix(FixKind.INIT, f"Re-initialize {list_names(done, th)} to match the activation: {why}",
                "with torch.no_grad():\n" + "\n".join("    " + ln for ln in lines))
 
 

@@ -44,7 +44,7 @@ from gradscope.judge.rules._common import (
     tail_slice,
     weighted_layers,
 )
-from gradscope.judge.rules._fixes import hidden_layers, list_names, resize_lines, sig, wrap_lines
+from gradscope.judge.rules._fixes import hidden_layers, list_names, resize_lines, sig, units, wrap_lines
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -453,8 +453,10 @@ def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     adaptive = is_adaptive(run)
     if wd is not None and wd > 0:
         new_wd = wd * th.fix_weight_decay_step_up
+        wd_txt = f"Raise weight decay from {sig(wd, 2)} to {sig(new_wd, 1)}"
     else:
         new_wd = th.fix_weight_decay_adamw if adaptive else th.fix_weight_decay_sgd
+        wd_txt = f"Add weight decay {sig(new_wd, 1)} (L2)"
     lr = current_lr(run)
     if adaptive and (optimizer_name(run) or "").lower() != "adamw":
         # Adam's weight_decay is an L2 term that the adaptive step rescales; AdamW decouples it.
@@ -463,8 +465,7 @@ def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
                 f"# decoupled weight decay")
     else:
         code = f"for group in optimizer.param_groups:\n    group[\"weight_decay\"] = {sig(new_wd, 1)}"
-    fixes.append(Fix(FixKind.REGULARIZATION, f"Add weight decay {sig(new_wd, 1)} (L2) to shrink the weights "
-                     f"towards simpler functions", code))
+    fixes.append(Fix(FixKind.REGULARIZATION, f"{wd_txt} to shrink the weights towards simpler functions", code))
     hidden = hidden_layers(run)
     if hidden:
         lines: list[str] = []
@@ -482,13 +483,14 @@ def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     else:
         fixes.append(Fix(FixKind.DATA, "Use more training data or augment it", ""))
     la = hidden[0] if hidden else None
-    if la is not None and la.fan_out:
-        narrow = max(1, la.fan_out // th.fix_width_factor)
+    width = units(run, la) if la is not None else None
+    if la is not None and width:
+        narrow = max(1, width // th.fix_width_factor)
         code = "\n".join(resize_lines(run, la, narrow) or
-                         [f"# {module_path(la.name)}: from {la.fan_out} to {narrow} output units, and the next "
+                         [f"# {module_path(la.name)}: from {width} to {narrow} output units, and the next "
                           f"layer's input to match"])
         fixes.append(Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {label(la.name)} "
-                         f"({la.fan_out} → {narrow} units)", code))
+                         f"({width} → {narrow} units)", code))
     return fixes
 
 
@@ -496,12 +498,13 @@ def underfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]
     fixes: list[Fix | None] = []
     hidden = hidden_layers(run) if run.header is not None else []
     la = hidden[0] if hidden else None
-    if la is not None and la.fan_out:
-        wide = la.fan_out * th.fix_width_factor
+    width = units(run, la) if la is not None else None
+    if la is not None and width:
+        wide = width * th.fix_width_factor
         code = "\n".join(resize_lines(run, la, wide) or
-                         [f"# {module_path(la.name)}: from {la.fan_out} to {wide} output units, and the next "
+                         [f"# {module_path(la.name)}: from {width} to {wide} output units, and the next "
                           f"layer's input to match"])
-        fixes.append(Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({la.fan_out} → "
+        fixes.append(Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({width} → "
                          f"{wide} units) or add a hidden layer", code))
     else:
         fixes.append(Fix(FixKind.CAPACITY, "Use a bigger or deeper model (more units, more layers)", ""))

@@ -236,8 +236,16 @@ def _too_high_by_growth(run: Run, th: Thresholds, growth: float, ratio: float, a
 
 def learning_rate_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     d = f.detail if isinstance(f.detail, LearningRateDetail) else LearningRateDetail()
-    why = (f"scales the update/weight ratio from {sig(d.ratio)} to about {sig(d.target)}"
-           if d.ratio is not None and d.target is not None else "brings updates into the usual band")
+    # The ratio scales with the rate: say where this factor takes it (lowering the rate cannot raise it).
+    growth = f.evidence.get("weight_growth") if isinstance(f.evidence, dict) else None
+    if isinstance(growth, int | float) and growth > 0:
+        why = f"the weights grew {sig(float(growth))}× their initial norm: steps about that much too large"
+    elif d.ratio is not None and d.ratio > 0:
+        why = f"scales the update/weight ratio from {sig(d.ratio)} to about {sig(d.ratio * d.factor)}"
+        if d.target is not None:
+            why += f" (typical {sig(d.target)})"
+    else:
+        why = "brings updates into the usual band"
     fixes: list[Fix | None] = [lr_fix(run, d.factor, why, d.suggested_lr)]
     if d.direction == "low":
         fixes.append(Fix(FixKind.TRAIN_LONGER, "If the learning rate must stay, train much longer", ""))
