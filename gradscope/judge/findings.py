@@ -48,6 +48,9 @@ class Code(str, Enum):
     UNNORMALIZED_INPUT = "unnormalized_input"
     UNSTABLE_LOSS = "unstable_loss"
     LEARNING_RATE = "learning_rate"
+    PARAM_NOT_UPDATED = "param_not_updated"
+    NO_GRADIENT = "no_gradient"
+    LR_PLATEAU = "lr_plateau"
 
 
 @dataclass(frozen=True)

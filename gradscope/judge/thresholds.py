@@ -378,6 +378,71 @@ class Thresholds:
     """Confidence of the Theil–Sen slope interval (Sen 1968) that must lie below zero for the loss to count as
     still falling; ``scipy.stats.theilslopes``' default."""
 
+    # ---------------------------------------------------------------- issue 12: training-loop bugs
+    not_updated_min_steps: int = 5
+    """Judged steps on which a parameter must have a gradient and an update/weight ratio of exactly 0 (while other
+    parameters moved) before ``param_not_updated`` fires. An optimizer that holds a parameter with a nonzero
+    gradient changes it on every step it takes (weight decay and momentum only add to that), so one such step is
+    already telling; five keep a few odd steps (a step whose update rounds to zero) from deciding alone."""
+
+    not_updated_min_expected: float = 1e-5
+    """Smallest update/weight ratio a parameter would have had in the optimizer (estimated from the other
+    parameters' step size on the same step) for its zero update to count against it: 100× below the ~1e-3 of
+    healthy training (Karpathy, CS231n) and ~80× above float32's relative resolution (2⁻²³ ≈ 1.2e-7), where an
+    update smaller than the weight's last digit is lost to rounding."""
+
+    not_updated_skip_steps: int = 3
+    """Without a recorded learning rate (no ``optimizer=``), the first recorded steps ``param_not_updated`` leaves
+    out: a learning-rate warm-up may start at exactly 0 (``LambdaLR`` with factor ``step / warmup``), which gradscope
+    cannot see then. Warm-ups that begin at 0 reach a nonzero rate on their second step."""
+
+    no_gradient_min_steps: int = 5
+    """Recorded steps on which a layer must have run in the training forward pass, with no gradient reaching it
+    or its parameters on any of them, before ``no_gradient`` fires: backpropagation reaches every layer on the
+    loss path on every step, so a few steps suffice; five keep a layer that runs only at the start out."""
+
+    plateau_window: float = 0.4
+    """Last fraction of the logged loss values ``lr_plateau`` judges for flatness: long enough that a schedule
+    would have acted (``ReduceLROnPlateau``'s default patience is 10 evaluations of a typical 25–100), short
+    enough to leave the earlier descent out."""
+
+    plateau_min_points: int = 5
+    """Fewest logged loss values in the window: a Theil–Sen confidence interval needs a handful of points
+    (``scipy.stats.theilslopes`` computes it from the pairwise slopes; with 5 points there are 10)."""
+
+    plateau_flat_improvement: float = 0.02
+    """Most the loss may change over the window (the Theil–Sen estimate, relative to its median there), either
+    way, for it to count as flat, once the confidence interval shows no significant improvement. A softmax
+    regression on noisy labels stuck at SGD's noise floor (a tenfold lower learning rate cuts its loss by a third)
+    changes by about 1 % over its last 40 % of epochs; the closest healthy zoo run, a diabetes regression near its
+    noise floor, still improves by 2.9 % (gradscope zoo measurements). A tight band: a loss that bounces by a few
+    percent without trend is missed (see the zoo's known misses)."""
+
+    plateau_max_points: int = 200
+    """A window with more logged values is averaged into this many consecutive means before the Theil–Sen fit:
+    its pairwise slopes grow with the square of the points (200 points: 19,900 slopes)."""
+
+    plateau_confidence: float = 0.95
+    """Confidence level of the Theil–Sen slope interval (``scipy.stats.theilslopes``'s default)."""
+
+    plateau_earlier_drop: float = 0.1
+    """Fall of the loss from its first logged value to the window's median that says it *stopped* improving: a loss
+    flat from the start is stuck (learning rate far off, vanishing gradients, underfitting) and a schedule is not
+    the remedy. The zoo's stuck runs fall by 0–5 %; a softmax regression on noisy labels that plateaus at SGD's
+    noise floor falls by 12–20 % first (one epoch does most of it; gradscope zoo measurements)."""
+
+    plateau_converged_error: float = 0.01
+    """Training error at or below which the run has converged (fits the training set): a flat loss there is the
+    end of training, not a plateau."""
+
+    plateau_converged_loss: float = 0.05
+    """Without a logged training error: the loss at or below this fraction of its first logged value counts as
+    converged (a cross-entropy from log(10) ≈ 2.3 down to 0.1)."""
+
+    plateau_patience_fraction: float = 0.5
+    """The ``ReduceLROnPlateau`` patience a fix suggests, as a fraction of the evaluations the loss was flat for:
+    half, so the scheduler would have lowered the learning rate within the plateau this run had."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))

@@ -13,7 +13,7 @@ first ("not evaluated" when one is missing), then runs it.
 from __future__ import annotations
 
 from gradscope.judge.findings import Code
-from gradscope.judge.rules import activations, data, fitting, gradients, init, loss, optim
+from gradscope.judge.rules import activations, data, fitting, gradients, init, loop, loss, optim
 from gradscope.judge.rules._common import Context, FixFunc, Need, Rule, RuleFunc, RuleResult
 from gradscope.judge.rules.fitting import BiasVariance, Verdict, bias_variance
 
@@ -21,11 +21,12 @@ from gradscope.judge.rules.fitting import BiasVariance, Verdict, bias_variance
 # doing). The rest is the order of the docs; no other rule reads another's findings.
 _ORDER = (Code.DIVERGENCE, Code.EXPLODING_GRADIENTS, Code.VANISHING_GRADIENTS, Code.DEAD_RELU, Code.SATURATION,
           Code.UNNORMALIZED_INPUT, Code.LEARNING_RATE, Code.UNSTABLE_LOSS, Code.OVERFITTING, Code.UNDERFITTING,
-          Code.POOR_INIT)
+          Code.POOR_INIT, Code.PARAM_NOT_UPDATED, Code.NO_GRADIENT, Code.LR_PLATEAU)
 
 
 def _registry() -> dict[Code, Rule]:
-    entries = [r for family in (activations, data, fitting, gradients, init, loss, optim) for r in family.RULES]
+    families = (activations, data, fitting, gradients, init, loop, loss, optim)
+    entries = [r for family in families for r in family.RULES]
     by_code: dict[Code, Rule] = {}
     for r in entries:
         if r.code in by_code:
@@ -51,7 +52,11 @@ unstable_loss = RULES[Code.UNSTABLE_LOSS]
 overfitting = RULES[Code.OVERFITTING]
 underfitting = RULES[Code.UNDERFITTING]
 poor_init = RULES[Code.POOR_INIT]
+param_not_updated = RULES[Code.PARAM_NOT_UPDATED]
+no_gradient = RULES[Code.NO_GRADIENT]
+lr_plateau = RULES[Code.LR_PLATEAU]
 
 __all__ = ["RULES", "BiasVariance", "Context", "FixFunc", "Need", "Rule", "RuleFunc", "RuleResult", "Verdict",
-           "bias_variance", "dead_relu", "divergence", "exploding_gradients", "learning_rate", "overfitting",
-           "poor_init", "saturation", "underfitting", "unnormalized_input", "unstable_loss", "vanishing_gradients"]
+           "bias_variance", "dead_relu", "divergence", "exploding_gradients", "learning_rate", "lr_plateau",
+           "no_gradient", "overfitting", "param_not_updated", "poor_init", "saturation", "underfitting",
+           "unnormalized_input", "unstable_loss", "vanishing_gradients"]

@@ -1,0 +1,515 @@
+"""Training-loop rules: bugs in how the loop wires the model to the optimizer and the loss, judged from data
+every log already has (per-parameter gradient norms and update ratios, the recorded learning rate, the logged
+loss).
+
+- ``param_not_updated``: a parameter gets gradients but the optimizer never moves it (it is not in the
+  optimizer: a layer added or replaced after the optimizer was built, a wrong ``parameters()`` call).
+- ``no_gradient``: a layer runs in the training forward pass but its trainable parameters never get a gradient
+  (it is off the loss path: ``.detach()``, ``.data``, a branch the loss never uses).
+- ``lr_plateau``: the loss stopped improving while the learning rate stayed where it was (no schedule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, Severity
+from gradscope.judge.rules._common import (
+    LOG,
+    STEPS,
+    Context,
+    Need,
+    Rule,
+    RuleResult,
+    finite_series,
+    fmt_num,
+    fmt_steps,
+    label,
+    module_path,
+    nanmedian,
+    param_stat,
+    pct,
+    stat,
+    step_range,
+)
+from gradscope.judge.rules._fixes import layer_info, list_names, param_expr, sig
+from gradscope.judge.rules.fitting import error_series
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.run import Run
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _lr_matrix(run: Run) -> np.ndarray | None:
+    """(S, G) recorded learning rate per recorded step and param group (NaN where missing), or None when the
+    log has none (``watch`` without ``optimizer=``)."""
+    if not run.lr or len(run.lr) != run.steps.size or not any(run.lr):
+        return None
+    g = max(len(r) for r in run.lr)
+    out = np.full((len(run.lr), g), np.nan)
+    for i, r in enumerate(run.lr):
+        for j, v in enumerate(r):
+            if v is not None and math.isfinite(v):
+                out[i, j] = v
+    return out
+
+
+def _owner_groups(run: Run, cols: list[int]) -> list[tuple[str, list[int]]]:
+    """The parameters ``cols`` grouped by the layer that owns them (in header order; a parameter no watched
+    layer owns stands alone under its own name)."""
+    groups: dict[str, list[int]] = {}
+    for j in cols:
+        p = run.params[j]
+        groups.setdefault(p.layer if p.layer is not None else p.name, []).append(j)
+    return list(groups.items())
+
+
+def _is_layer(run: Run, name: str) -> bool:
+    return any(la.name == name for la in run.layers)
+
+
+def _param_paths(run: Run, names: list[str], th: Thresholds) -> list[str]:
+    """``model.<layer>.parameters()`` for layers, ``[model.get_parameter('...')]`` for lone parameters: what an
+    optimizer or a freeze call takes. At most ``fix_max_layers``."""
+    out = []
+    for n in names[:th.fix_max_layers]:
+        if _is_layer(run, n):
+            out.append(f"{module_path(n)}.parameters()")
+        else:
+            out.append(f"[model.get_parameter({n!r})]")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- param_not_updated
+
+@dataclass(frozen=True)
+class NotUpdatedDetail:
+    """What ``param_not_updated`` hands its fixes: the owners (layers, or lone parameters) never updated."""
+
+    owners: tuple[str, ...] = ()
+
+
+def param_not_updated(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """Parameters that get gradients but never change: they are not in the optimizer.
+
+    Symptom: part of the model keeps its initial weights (a new head after fine-tuning set-up stays random); the
+    loss still falls, more slowly, because the other layers work around it.
+
+    Detected when a trainable parameter's update/weight ratio ||Δw||/||w|| is exactly 0 on every judged step
+    while its gradient norm is positive and at least one other parameter moved on the same step (so the optimizer
+    did step), on at least ``not_updated_min_steps`` steps; a step counts only when the update the parameter
+    would have had — the other parameters' median ||Δw||/||g|| on that step times its own ||g||/||w|| — is at
+    least ``not_updated_min_expected`` (a gradient so small that its update rounds to nothing, as under vanishing
+    gradients, explains a zero update by itself). Judged steps leave out steps an AMP GradScaler
+    skipped and, when the learning rate is recorded (``watch(..., optimizer=)``), steps where any param group's
+    learning rate is 0 (a zero-lr warm-up step, a group frozen by lr 0: gradscope does not know which group
+    holds which parameter). Without a recorded learning rate the first ``not_updated_skip_steps`` recorded steps
+    are left out instead (a warm-up gradscope cannot see) and the rest must all be 0. Frozen parameters
+    (``requires_grad=False``) are not watched at all; parameters of embedding layers are not judged (their
+    update is measured on a fixed sample of rows, which a sparse update may never touch). A parameter updated
+    by something else than the watched optimizer step outside the watched step (a second optimizer stepped
+    before the forward pass) would look the same.
+
+    Confidence: n / (n + ``not_updated_min_steps``) for n judged steps (½ at the minimum, → 1 with more steps),
+    × 0.8 without a recorded learning rate.
+
+    Why it matters: the optimizer only steps the parameters it was given. A layer added or replaced after
+    ``torch.optim.X(model.parameters())`` was built, or an optimizer built from the wrong ``parameters()`` call,
+    leaves those weights at their initial values for the whole run, silently (bf16 weights whose every update
+    rounds to zero look the same and deserve the same attention).
+
+    Fixes: build the optimizer after the model is complete; or add the missing parameters to the existing
+    optimizer with ``optimizer.add_param_group``.
+    """
+    code = Code.PARAM_NOT_UPDATED
+    ur, gn = stat(run, "param", "update_ratio"), stat(run, "param", "grad_norm")
+    if ur is None or gn is None:
+        return []
+    s, p = ur.shape
+    judged = np.ones(s, dtype=bool)
+    if run.skipped.shape[0] == s:
+        judged &= ~run.skipped
+    lr = _lr_matrix(run)
+    if lr is not None:
+        with np.errstate(invalid="ignore"):
+            judged &= np.all(np.isfinite(lr) & (lr > 0), axis=1)
+    else:
+        judged[:th.not_updated_skip_steps] = False
+    emb = {la.name for la in run.layers if "embedding" in la.type.lower()}
+    with np.errstate(invalid="ignore"):
+        moved = np.isfinite(ur) & (ur > 0)
+        still = np.isfinite(ur) & (ur == 0)
+        grad = np.isfinite(gn) & (gn > 0)
+    n_moved = moved.sum(axis=1)
+    # The step each parameter would have taken were it in the optimizer: the other parameters' effective step
+    # size ||Δw|| / ||g|| on the same step (the learning rate, for SGD) times its own ||g|| / ||w||. A gradient so
+    # small that this rounds to nothing in float32 (vanishing gradients) explains a zero update by itself.
+    wn = stat(run, "param", "norm")
+    expected = np.full(ur.shape, np.inf)
+    if wn is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            eff = np.where(moved & grad, ur * wn / gn, np.nan)
+            step_size = np.asarray(nanmedian(eff, axis=1))
+            expected = step_size[:, None] * gn / wn
+        expected[~np.isfinite(expected)] = np.inf
+    hits: list[int] = []
+    counts: dict[int, int] = {}
+    for j in range(p):
+        if run.params[j].layer in emb:
+            continue
+        others = (n_moved - moved[:, j]) > 0      # the optimizer stepped some other parameter
+        rows = judged & np.isfinite(ur[:, j])
+        if not rows.any():
+            continue
+        if moved[rows, j].any():
+            continue       # it moved at least once: in the optimizer
+        ev = rows & still[:, j] & grad[:, j] & others & (expected[:, j] >= th.not_updated_min_expected)
+        n = int(ev.sum())
+        if n >= th.not_updated_min_steps:
+            hits.append(j)
+            counts[j] = n
+    if not hits:
+        return []
+    groups = _owner_groups(run, hits)
+    owners = [name for name, _ in groups]
+    n_min = min(counts.values())
+    ev_rows = judged & np.any(still[:, hits] & grad[:, hits], axis=1)
+    steps = step_range(run.steps[ev_rows])
+    med_grad = {run.params[j].name: float(np.nanmedian(gn[ev_rows, j])) for j in hits}
+    total = int(sum(run.params[j].numel for j in hits))
+    lr_txt = ("; learning rate above 0 on every judged step" if lr is not None
+              else f"; learning rate not recorded, first {th.not_updated_skip_steps} recorded step(s) left out")
+    names = ", ".join(label(o) for o in owners[:th.fix_max_layers])
+    more = f" (and {len(owners) - th.fix_max_layers} more)" if len(owners) > th.fix_max_layers else ""
+    msg = (f"{names}{more}: {len(hits)} parameter(s) ({total:,} weights) got a gradient (median norm "
+           f"{fmt_num(float(np.median(list(med_grad.values()))))}) but never changed on {n_min}+ judged "
+           f"step(s) ({fmt_steps(steps)}, update/weight ratio exactly 0 while other parameters moved){lr_txt}: "
+           f"they are not in the optimizer")
+    evidence = {"params": [run.params[j].name for j in hits], "owners": owners,
+                "judged_steps": {run.params[j].name: counts[j] for j in hits}, "median_grad_norm": med_grad,
+                "numel": total, "lr_recorded": lr is not None, "threshold_steps": th.not_updated_min_steps}
+    conf = n_min / (n_min + th.not_updated_min_steps) * (1.0 if lr is not None else 0.8)
+    layers = tuple(o for o in owners if _is_layer(run, o))
+    return [Finding(code, Severity.WARNING, "Parameters never updated (not in the optimizer)", msg, layers=layers,
+                    steps=steps, evidence=evidence, confidence=conf, detail=NotUpdatedDetail(tuple(owners)))]
+
+
+def param_not_updated_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    d = f.detail if isinstance(f.detail, NotUpdatedDetail) else NotUpdatedDetail(
+        tuple(f.evidence.get("owners") or f.layers))
+    owners = list(d.owners)
+    fixes: list[Fix | None] = [Fix(
+        FixKind.LEARNING_RATE,
+        "Build the optimizer after the model is complete (after adding or replacing layers), so it holds every "
+        "parameter",
+        "# create the optimizer only once the model is final (after any layer is added or replaced);\n"
+        "# this re-creates it with the same class and settings over every parameter (its state starts fresh):\n"
+        "optimizer = optimizer.__class__(model.parameters(), **optimizer.defaults)")]
+    paths = _param_paths(run, owners, th)
+    if paths:
+        lines = ["# parameters hash by identity: a set of the ones the optimizer already holds",
+                 "held = {p for group in optimizer.param_groups for p in group[\"params\"]}",
+                 "missing = []"]
+        for expr in paths:
+            lines.append(f"missing += [p for p in {expr} if p not in held]")
+        lines.append("optimizer.add_param_group({\"params\": missing})")
+        fixes.append(Fix(FixKind.LEARNING_RATE,
+                         f"Add {list_names(owners, th)} to the existing optimizer (keeps its state; the new group "
+                         f"takes the optimizer's default settings)", "\n".join(lines)))
+    return fixes
+
+
+# -------------------------------------------------------------------------------------------------- no_gradient
+
+@dataclass(frozen=True)
+class NoGradientDetail:
+    """What ``no_gradient`` hands its fixes: the layers off the loss path."""
+
+    layers: tuple[str, ...] = ()
+
+
+def no_gradient(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """A layer that runs in the training forward pass but never gets a gradient: it is off the loss path.
+
+    Symptom: the layer's weights never train; its output may still feed the model (detached) or nothing at all
+    (a branch the loss never uses), and the loss falls only as far as the rest of the model can take it.
+
+    Detected when a watched layer ran in the training forward pass (its ``calls`` > 0) on at least
+    ``no_gradient_min_steps`` recorded steps, and on every one of them none of its trainable parameters had a
+    gradient (missing, or exactly 0) and no gradient reached its output (the output-gradient norm was never
+    recorded), while the gradients of other layers were. A layer whose output gradient is recorded but zero is
+    not this rule's (dead or saturated units still sit on the loss path). Steps an AMP GradScaler skipped are
+    left out. Not flagged: modules that never run in a training forward (used only at inference), frozen
+    parameters (``requires_grad=False``: not watched), and layers whose weights change anyway (an EMA/momentum
+    encoder updated by hand).
+
+    Confidence: n / (n + ``no_gradient_min_steps``) for n recorded steps on which the layer ran.
+
+    Why it matters: ``.detach()``, ``.data`` or a branch the loss never reads cut the layer out of
+    backpropagation, so it keeps its random initial weights while still costing compute (and optimizer memory);
+    if it is meant to be fixed, freezing it says so and saves both.
+
+    Fixes: remove the ``.detach()`` / ``.data`` on the path from the layer to the loss (or use the branch in
+    the loss); or freeze the layer on purpose with ``requires_grad_(False)``.
+    """
+    code = Code.NO_GRADIENT
+    gn, ur = stat(run, "param", "grad_norm"), stat(run, "param", "update_ratio")
+    calls, lg = stat(run, "layer", "calls"), stat(run, "layer", "grad_norm")
+    if gn is None or calls is None:
+        return []
+    s = run.steps.size
+    keep = ~run.skipped if run.skipped.shape[0] == s else np.ones(s, dtype=bool)
+    pidx = {p.name: j for j, p in enumerate(run.params)}
+    with np.errstate(invalid="ignore"):
+        has_grad = np.isfinite(gn) & (gn > 0)
+        ran = np.isfinite(calls) & (calls > 0)
+        out_grad = np.isfinite(lg) if lg is not None else np.zeros_like(ran)
+    hits: list[tuple[str, int, list[int]]] = []
+    for i, la in enumerate(run.layers):
+        cols = [pidx[n] for n in la.params if n in pidx]
+        if not cols:
+            continue       # no trainable parameter (all frozen): nothing to say
+        rows = keep & ran[:, i]
+        n = int(rows.sum())
+        if n < th.no_gradient_min_steps:
+            continue
+        if has_grad[rows][:, cols].any() or out_grad[rows, i].any():
+            continue
+        others = [j for j in range(len(run.params)) if j not in cols]
+        if not others or not has_grad[rows][:, others].any():
+            continue       # nothing got a gradient: a loop that never calls backward, not this layer's wiring
+        if ur is not None:
+            with np.errstate(invalid="ignore"):
+                if (np.isfinite(ur[rows][:, cols]) & (ur[rows][:, cols] > 0)).any():
+                    continue   # its weights change without a gradient: updated by hand (EMA), on purpose
+        hits.append((la.name, n, cols))
+    if not hits:
+        return []
+    names = [h[0] for h in hits]
+    n_min = min(h[1] for h in hits)
+    rows_any = keep & ran[:, [run.layer_index(nm) for nm in names]].any(axis=1)
+    steps = step_range(run.steps[rows_any])
+    numel = int(sum(run.params[j].numel for h in hits for j in h[2]))
+    more = f" (and {len(names) - th.fix_max_layers} more)" if len(names) > th.fix_max_layers else ""
+    msg = (f"{', '.join(label(n) for n in names[:th.fix_max_layers])}{more} ran in the training forward pass on "
+           f"{n_min}+ recorded step(s) ({fmt_steps(steps)}) but never got a gradient ({numel:,} trainable weights; "
+           f"no gradient reached its output either, while other layers' did): it is off the loss path")
+    evidence = {"layers": names, "steps_ran": {h[0]: h[1] for h in hits},
+                "params": [run.params[j].name for h in hits for j in h[2]], "numel": numel,
+                "threshold_steps": th.no_gradient_min_steps}
+    return [Finding(code, Severity.WARNING, "Layer gets no gradient (off the loss path)", msg, layers=tuple(names),
+                    steps=steps, evidence=evidence, confidence=n_min / (n_min + th.no_gradient_min_steps),
+                    detail=NoGradientDetail(tuple(names)))]
+
+
+def no_gradient_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    d = f.detail if isinstance(f.detail, NoGradientDetail) else NoGradientDetail(f.layers)
+    names = [n for n in d.layers if _is_layer(run, n)]
+    if not names:
+        return []
+    where = ", ".join(repr(n) for n in names[:th.fix_max_layers])
+    fixes: list[Fix | None] = [Fix(
+        FixKind.CAPACITY,
+        f"Put {list_names(names, th)} back on the loss path: remove the .detach() / .data between its output and "
+        f"the loss (or use the branch in the loss)",
+        f"# in forward(), for the output of {where}:\n"
+        "#   h = layer(x).detach()   ->   h = layer(x)\n"
+        "#   h = layer(x).data       ->   h = layer(x)\n"
+        "# then check, right after one loss.backward(), that every trainable parameter got a gradient:\n"
+        "missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]\n"
+        "assert not missing, f\"no gradient reaches {missing}\"")]
+    lines = []
+    for n in names[:th.fix_max_layers]:
+        la = layer_info(run, n)
+        if la is None:
+            continue
+        prefix = f"{la.name}." if la.name else ""
+        for pname in la.params:
+            # model.fc1.weight, or model.get_parameter('...') for a name that is not a plain access path
+            expr = param_expr(run, la, pname[len(prefix):]) if pname.startswith(prefix) else None
+            lines.append(f"{expr or f'model.get_parameter({pname!r})'}.requires_grad_(False)")
+    if not lines:
+        return fixes
+    fixes.append(Fix(FixKind.CAPACITY,
+                     f"If {list_names(names, th)} is meant to stay fixed, freeze it on purpose (before building the "
+                     f"optimizer and attaching gradscope)", "\n".join(lines)))
+    return fixes
+
+
+# -------------------------------------------------------------------------------------------------- lr_plateau
+
+def _loss_curve(run: Run, th: Thresholds) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(metric name, steps, values) of the loss the plateau is judged on: ``train_loss``, else ``val_loss``, when
+    it has at least ``plateau_min_points`` finite values."""
+    for key in ("train_loss", "val_loss"):
+        st, v = finite_series(run.metrics.get(key))
+        if v.size >= th.plateau_min_points:
+            return key, st, v
+    return None
+
+
+def _no_loss_curve(run: Run, th: Thresholds) -> str | None:
+    if _loss_curve(run, th) is None:
+        return (f"no logged train_loss or val_loss with at least {th.plateau_min_points} values "
+                f"(scope.log(train_loss=...))")
+    return None
+
+
+def _no_lr(run: Run, th: Thresholds) -> str | None:
+    if _lr_matrix(run) is None:
+        return "the learning rate is not recorded: pass the optimizer, gradscope.watch(model, optimizer=opt)"
+    return None
+
+
+LOSS_CURVE = Need("a logged ``train_loss`` or ``val_loss`` (``plateau_min_points`` values or more)", _no_loss_curve)
+RECORDED_LR = Need("the learning rate recorded per step (``watch(..., optimizer=)``)", _no_lr)
+
+
+@dataclass(frozen=True)
+class PlateauDetail:
+    """What ``lr_plateau`` hands its fixes: the learning rate, the evaluations the loss was flat for, the
+    steps between evaluations and the run's length in steps."""
+
+    lr: float | None = None
+    flat_points: int = 0
+    eval_every: int = 1
+    n_steps: int = 0
+    metric: str = "train_loss"
+
+
+def lr_plateau(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """The loss stopped improving while the learning rate never changed: a schedule would take it further.
+
+    Symptom: the training (or validation) loss fell, then went flat for the last part of the run at a level well
+    above zero, with one learning rate throughout.
+
+    Detected on ``train_loss`` (else ``val_loss``) over its last ``plateau_window`` of logged values (at least
+    ``plateau_min_points``; a longer window is first averaged into at most ``plateau_max_points`` consecutive
+    means): the Theil–Sen slope and its ``plateau_confidence`` confidence interval (``scipy.stats.theilslopes``),
+    times the window's length in steps and relative to the window's median loss, say how much the loss changed
+    over the window. It is flat when the interval does not show a significant improvement (its upper end is not
+    below 0: a loss that still falls significantly, however slowly, is still improving) and the estimate is
+    within ± ``plateau_flat_improvement`` (a loss that bounces by more, either way, is not called flat). Also
+    required: the loss fell by at least ``plateau_earlier_drop`` from its first logged value to the window's
+    median (it stopped improving; a loss stuck from the start is another problem); the recorded learning rate of
+    every param group is the same on every recorded step of the window and was never higher before it (no decay
+    happened; a warm-up is fine); and the run has not converged: the last training error (``train_error`` or
+    1 − ``train_acc``) is above ``plateau_converged_error``, or, without one, the window's loss is above
+    ``plateau_converged_loss`` × its first value.
+
+    Confidence: 1 − ½ × |estimated change| / ``plateau_flat_improvement``: 1 for a loss flat to the last digit,
+    ½ at the edge.
+
+    Why it matters: at a constant learning rate SGD-like optimizers settle where the step's noise balances the
+    descent; lowering the learning rate once progress stops (step decay, ``ReduceLROnPlateau``, cosine) is
+    the standard remedy and usually gives an immediate drop.
+
+    Fixes: ``ReduceLROnPlateau`` with a patience taken from the run; or a cosine schedule over the run's steps.
+    """
+    from scipy.stats import theilslopes  # imported here: only this rule needs scipy
+
+    code = Code.LR_PLATEAU
+    curve = _loss_curve(run, th)
+    lr = _lr_matrix(run)
+    if curve is None or lr is None:   # the needs say why
+        return []
+    metric, st, v = curve
+    n = v.size
+    k = max(th.plateau_min_points, math.ceil(n * th.plateau_window))
+    if k >= n:
+        return []        # no earlier part to have improved from
+    ws, wv = st[n - k:].astype(float), v[n - k:]
+    steps = (int(st[n - k]), int(st[-1]))
+    span = float(ws[-1] - ws[0])
+    level = float(np.median(wv))
+    start = float(v[0])
+    if k > th.plateau_max_points:
+        # Means of consecutive chunks: Theil–Sen's pairwise slopes grow with the square of the points.
+        chunks = np.array_split(np.arange(k), th.plateau_max_points)
+        ws = np.array([ws[c].mean() for c in chunks])
+        wv = np.array([wv[c].mean() for c in chunks])
+    if not (span > 0 and level > 0 and start > 0):
+        return []
+    drop = 1.0 - level / start
+    if drop < th.plateau_earlier_drop:
+        return []
+    slope, _, lo, hi = theilslopes(wv, ws, th.plateau_confidence)
+    change = -float(slope) * span / level       # how much the loss improved over the window (Theil–Sen)
+    steepest = -float(lo) * span / level        # the most it can have improved, at the interval's steep end
+    if hi < 0 or abs(change) >= th.plateau_flat_improvement:
+        return []       # still improving (significantly, however slowly), or moving too much to be flat
+    # The learning rate over the window: constant, and never higher before (nothing decayed it).
+    in_win = (run.steps >= steps[0]) & (run.steps <= steps[1])
+    if not in_win.any():
+        return []
+    win_lr = lr[in_win]
+    first = win_lr[0]
+    if not (np.all(np.isfinite(win_lr)) and np.all(win_lr == first[None, :]) and np.all(first > 0)):
+        return []
+    before = lr[run.steps < steps[0]]
+    if before.size and np.any(np.nan_to_num(before, nan=0.0) > first[None, :] * (1 + 1e-9)):
+        return []
+    tr = error_series(run, "train")
+    if tr is not None:
+        err = float(tr[1][-1])
+        if err <= th.plateau_converged_error:
+            return []
+        conv_txt = f"train error {pct(err)} (a converged run is at {pct(th.plateau_converged_error)} or less)"
+    else:
+        err = None
+        if level <= th.plateau_converged_loss * start:
+            return []
+        conv_txt = (f"the loss is {pct(level / start)} of its start (a converged run is at "
+                    f"{pct(th.plateau_converged_loss)} or less)")
+    lr0 = float(first[0])
+    groups = f" ({first.size} param groups)" if first.size > 1 else ""
+    msg = (f"{metric} flat at {fmt_num(level)} over its last {k} logged values ({fmt_steps(steps)}): it moved by "
+           f"{-change * 100:+.1f}% (Theil–Sen; flat within ±{pct(th.plateau_flat_improvement)} and no significant "
+           f"improvement at {pct(th.plateau_confidence)} confidence) after falling "
+           f"{pct(drop)} from {fmt_num(start)}; learning rate {fmt_num(lr0)}{groups} unchanged all along; "
+           f"{conv_txt}")
+    every = int(np.median(np.diff(st))) if n > 1 else 1
+    evidence = {"metric": metric, "window_steps": list(steps), "window_points": k, "level": level, "start": start,
+                "drop": drop, "improvement": change, "max_improvement": steepest, "ci_slope": [float(lo), float(hi)],
+                "lr": [float(x) for x in first], "train_error": err, "threshold": th.plateau_flat_improvement,
+                "confidence_level": th.plateau_confidence}
+    conf = 1.0 - 0.5 * abs(change) / th.plateau_flat_improvement
+    detail = PlateauDetail(lr=lr0, flat_points=k, eval_every=max(1, every), n_steps=run.n_steps, metric=metric)
+    return [Finding(code, Severity.WARNING, "Loss plateau at a constant learning rate", msg, steps=steps,
+                    evidence=evidence, confidence=conf, detail=detail)]
+
+
+def lr_plateau_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    d = f.detail if isinstance(f.detail, PlateauDetail) else PlateauDetail(n_steps=run.n_steps)
+    patience = max(1, int(d.flat_points * th.plateau_patience_fraction))
+    factor = sig(th.fix_lr_backoff)
+    var = "val_loss" if d.metric == "val_loss" else "train_loss"
+    every = "every step" if d.eval_every == 1 else f"every {d.eval_every} steps"
+    fixes: list[Fix | None] = [Fix(
+        FixKind.LEARNING_RATE,
+        f"Multiply the learning rate by {factor} whenever the loss stalls for {patience} evaluations "
+        f"(ReduceLROnPlateau; the loss here was flat for {d.flat_points})",
+        f"scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=\"min\", factor={factor}, "
+        f"patience={patience})\n"
+        f"# after each evaluation ({every} in this run), with the loss you log:\n"
+        f"#     scheduler.step({var})")]
+    if d.n_steps > 0:
+        fixes.append(Fix(
+            FixKind.LEARNING_RATE,
+            f"Or decay the learning rate over the run with a cosine schedule ({d.n_steps} optimizer steps here)",
+            f"scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max={d.n_steps})\n"
+            "# call scheduler.step() after every optimizer.step()"))
+    return fixes
+
+
+RULES = (
+    Rule(Code.PARAM_NOT_UPDATED, param_not_updated, param_not_updated_fixes, "loop",
+         needs=(LOG, STEPS, param_stat("update_ratio"), param_stat("grad_norm"))),
+    Rule(Code.NO_GRADIENT, no_gradient, no_gradient_fixes, "loop",
+         needs=(LOG, STEPS, param_stat("grad_norm"))),
+    Rule(Code.LR_PLATEAU, lr_plateau, lr_plateau_fixes, "loop", needs=(LOG, RECORDED_LR, LOSS_CURVE)),
+)
+"""This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""
