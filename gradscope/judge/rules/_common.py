@@ -337,11 +337,13 @@ def first_divergent_step(run: Run) -> int | None:
     variance is NaN/Inf while elements were counted, and non-finite parameter gradients on a step that was not
     skipped. A GradScaler skips overflowing steps on purpose and recovers: those are not divergence."""
     skipped = run.skipped if run.skipped.shape == run.steps.shape else np.zeros(run.steps.shape, dtype=bool)
-    if not skipped.any() and run.header is not None and loss_scaling(run, Thresholds()) is not None:
-        # A GradScaler watch was not told about: its overflowing steps were skipped all the same.
-        gnf = stat(run, "param", "grad_nonfinite")
-        if gnf is not None:
-            skipped = (np.nan_to_num(gnf, nan=0.0) > 0).any(axis=1)
+    gnf0 = stat(run, "param", "grad_nonfinite")
+    if not skipped.any() and gnf0 is not None and run.header is not None:
+        nf_rows = (gnf0 > 0).any(axis=1)      # NaN compares False
+        # A GradScaler watch was not told about: its overflowing steps were skipped all the same (checked only
+        # when there are non-finite gradients, the one case it changes).
+        if nf_rows.any() and loss_scaling(run, Thresholds()) is not None:
+            skipped = nf_rows
     skipped_steps = set(run.steps[skipped].tolist())
     cands: list[int] = []
     for rec in run.nonfinite:
@@ -352,14 +354,13 @@ def first_divergent_step(run: Run) -> int | None:
         bad = np.zeros(run.steps.shape, dtype=bool)
         nf = stat(run, "layer", "nonfinite")
         if nf is not None:
-            bad |= (np.nan_to_num(nf, nan=0.0) > 0).any(axis=1)
+            bad |= (nf > 0).any(axis=1)
         var, cnt = stat(run, "layer", "var"), stat(run, "layer", "count")
         if var is not None and cnt is not None:
-            counted = np.nan_to_num(cnt, nan=0.0) > 0
+            counted = cnt > 0
             bad |= (counted & ~np.isfinite(var)).any(axis=1)
-        gnf = stat(run, "param", "grad_nonfinite")
-        if gnf is not None:
-            bad |= (np.nan_to_num(gnf, nan=0.0) > 0).any(axis=1) & ~skipped
+        if gnf0 is not None:
+            bad |= (gnf0 > 0).any(axis=1) & ~skipped
         if skipped.any():
             # Under a scaler, an overflow on a skipped step is routine; only non-skipped steps count.
             bad &= ~skipped

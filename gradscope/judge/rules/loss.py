@@ -88,7 +88,8 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     tl = run.metrics.get("train_loss")
     skipped_steps = set(run.steps[run.skipped].tolist()) if run.skipped.shape == run.steps.shape else set()
     # A GradScaler not passed to watch (``loss_scaling``) skips overflowing steps just the same.
-    unpassed = _scaler_active(run) is False and loss_scaling(run, th) is not None
+    unpassed = (not _scaler_active(run) and (bool(run.nonfinite) or not np.isfinite(run.all_grad_norm).all())
+                and loss_scaling(run, th) is not None)
     scaler = _scaler_active(run) or unpassed
     events: list[tuple[int, str, str | None]] = []   # (step, what, layer)
     for rec in run.nonfinite:
