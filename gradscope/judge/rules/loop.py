@@ -128,7 +128,7 @@ def param_not_updated(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     ur, gn = stat(run, "param", "update_ratio"), stat(run, "param", "grad_norm")
     if ur is None or gn is None:
         return []
-    s, p = ur.shape
+    s = ur.shape[0]
     judged = np.ones(s, dtype=bool)
     if run.skipped.shape[0] == s:
         judged &= ~run.skipped
@@ -144,33 +144,34 @@ def param_not_updated(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         still = np.isfinite(ur) & (ur == 0)
         grad = np.isfinite(gn) & (gn > 0)
     n_moved = moved.sum(axis=1)
+    # Candidates: parameters with a measured update on some judged step that never moved on any (in one pass).
+    measured = (judged[:, None] & np.isfinite(ur)).any(axis=0)
+    ever_moved = (judged[:, None] & moved).any(axis=0)
+    cands = [j for j in np.flatnonzero(measured & ~ever_moved) if run.params[j].layer not in emb]
+    if not cands:
+        return []
     # The step each parameter would have taken were it in the optimizer: the other parameters' effective step
     # size ||Δw|| / ||g|| on the same step (the learning rate, for SGD) times its own ||g|| / ||w||. A gradient so
     # small that this rounds to nothing in float32 (vanishing gradients) explains a zero update by itself.
     wn = stat(run, "param", "norm")
-    expected = np.full(ur.shape, np.inf)
-    if wn is not None:
+    step_size = np.full(s, np.inf)
+    need = judged & still[:, cands].any(axis=1)      # only the steps that can be evidence
+    if wn is not None and need.any():
         with np.errstate(invalid="ignore", divide="ignore"):
-            eff = np.where(moved & grad, ur * wn / gn, np.nan)
-            step_size = np.asarray(nanmedian(eff, axis=1))
-            expected = step_size[:, None] * gn / wn
-        expected[~np.isfinite(expected)] = np.inf
+            eff = np.where(moved[need] & grad[need], ur[need] * wn[need] / gn[need], np.nan)
+            step_size[need] = np.asarray(nanmedian(eff, axis=1))
     hits: list[int] = []
     counts: dict[int, int] = {}
-    for j in range(p):
-        if run.params[j].layer in emb:
-            continue
+    for j in cands:
         others = (n_moved - moved[:, j]) > 0      # the optimizer stepped some other parameter
-        rows = judged & np.isfinite(ur[:, j])
-        if not rows.any():
-            continue
-        if moved[rows, j].any():
-            continue       # it moved at least once: in the optimizer
-        ev = rows & still[:, j] & grad[:, j] & others & (expected[:, j] >= th.not_updated_min_expected)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = step_size * gn[:, j] / wn[:, j] if wn is not None else step_size
+        expected = np.where(np.isfinite(expected), expected, np.inf)
+        ev = judged & still[:, j] & grad[:, j] & others & (expected >= th.not_updated_min_expected)
         n = int(ev.sum())
         if n >= th.not_updated_min_steps:
-            hits.append(j)
-            counts[j] = n
+            hits.append(int(j))
+            counts[int(j)] = n
     if not hits:
         return []
     groups = _owner_groups(run, hits)
@@ -267,6 +268,9 @@ def no_gradient(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         has_grad = np.isfinite(gn) & (gn > 0)
         ran = np.isfinite(calls) & (calls > 0)
         out_grad = np.isfinite(lg) if lg is not None else np.zeros_like(ran)
+    with np.errstate(invalid="ignore"):
+        moved = np.isfinite(ur) & (ur > 0) if ur is not None else np.zeros_like(has_grad)
+    n_grad = has_grad.sum(axis=1)          # parameters with a gradient, per step
     hits: list[tuple[str, int, list[int]]] = []
     for i, la in enumerate(run.layers):
         cols = [pidx[n] for n in la.params if n in pidx]
@@ -276,15 +280,13 @@ def no_gradient(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         n = int(rows.sum())
         if n < th.no_gradient_min_steps:
             continue
-        if has_grad[rows][:, cols].any() or out_grad[rows, i].any():
+        own = has_grad[:, cols].sum(axis=1)
+        if own[rows].any() or out_grad[rows, i].any():
             continue
-        others = [j for j in range(len(run.params)) if j not in cols]
-        if not others or not has_grad[rows][:, others].any():
+        if not (n_grad[rows] - own[rows] > 0).any():
             continue       # nothing got a gradient: a loop that never calls backward, not this layer's wiring
-        if ur is not None:
-            with np.errstate(invalid="ignore"):
-                if (np.isfinite(ur[rows][:, cols]) & (ur[rows][:, cols] > 0)).any():
-                    continue   # its weights change without a gradient: updated by hand (EMA), on purpose
+        if moved[:, cols][rows].any():
+            continue       # its weights change without a gradient: updated by hand (EMA), on purpose
         hits.append((la.name, n, cols))
     if not hits:
         return []
