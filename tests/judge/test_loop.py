@@ -343,6 +343,10 @@ def test_lr_plateau_stays_silent_on_its_look_alikes(tmp_path: Path) -> None:
     # It changes inside the window.
     moving = write(tmp_path / "c", steps=300, metrics=metrics, lr=lambda s: (0.1 if s < 250 else 0.05,))
     assert findings(lr_plateau(moving, TH, Context())) == []
+    # A second param group frozen at lr 0 all along does not hide the plateau of the first.
+    two = write(tmp_path / "h", steps=300, metrics=metrics, lr=lambda s: (0.1, 0.0))
+    (f,) = findings(lr_plateau(two, TH, Context()))
+    assert f.evidence["lr"] == [0.1, 0.0] and "learning rate 0.1 (2 param groups)" in f.message
     # A warm-up before the window is fine: the rate never was higher.
     warm = write(tmp_path / "d", steps=300, metrics=metrics, lr=lambda s: (min(0.1, 0.01 * (s + 1)),))
     assert len(findings(lr_plateau(warm, TH, Context()))) == 1

@@ -397,10 +397,10 @@ def lr_plateau(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     within ± ``plateau_flat_improvement`` (a loss that bounces by more, either way, is not called flat). Also
     required: the loss fell by at least ``plateau_earlier_drop`` from its first logged value to the window's
     median (it stopped improving; a loss stuck from the start is another problem); the recorded learning rate of
-    every param group is the same on every recorded step of the window and was never higher before it (no decay
-    happened; a warm-up is fine); and the run has not converged: the last training error (``train_error`` or
-    1 − ``train_acc``) is above ``plateau_converged_error``, or, without one, the window's loss is above
-    ``plateau_converged_loss`` × its first value.
+    every param group is the same on every recorded step of the window (at least one of them above 0) and was
+    never higher before it (no decay happened; a warm-up is fine); and the run has not converged: the last
+    training error (``train_error`` or 1 − ``train_acc``) is above ``plateau_converged_error``, or, without one,
+    the window's loss is above ``plateau_converged_loss`` × its first value.
 
     Confidence: 1 − ½ × |estimated change| / ``plateau_flat_improvement``: 1 for a loss flat to the last digit,
     ½ at the edge.
@@ -449,7 +449,8 @@ def lr_plateau(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         return []
     win_lr = lr[in_win]
     first = win_lr[0]
-    if not (np.all(np.isfinite(win_lr)) and np.all(win_lr == first[None, :]) and np.all(first > 0)):
+    # Constant in every group; a group held at 0 all along (frozen by its learning rate) does not count.
+    if not (np.all(np.isfinite(win_lr)) and np.all(win_lr == first[None, :]) and np.any(first > 0)):
         return []
     before = lr[run.steps < steps[0]]
     if before.size and np.any(np.nan_to_num(before, nan=0.0) > first[None, :] * (1 + 1e-9)):
@@ -466,7 +467,7 @@ def lr_plateau(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             return []
         conv_txt = (f"the loss is {pct(level / start)} of its start (a converged run is at "
                     f"{pct(th.plateau_converged_loss)} or less)")
-    lr0 = float(first[0])
+    lr0 = float(first[first > 0][0])
     groups = f" ({first.size} param groups)" if first.size > 1 else ""
     msg = (f"{metric} flat at {fmt_num(level)} over its last {k} logged values ({fmt_steps(steps)}): it moved by "
            f"{-change * 100:+.1f}% (Theil–Sen; flat within ±{pct(th.plateau_flat_improvement)} and no significant "
