@@ -389,6 +389,16 @@ def test_lr_plateau_says_what_it_needs(tmp_path: Path) -> None:
     assert Code.LR_PLATEAU in {ne.code for ne in diag.not_evaluated}
 
 
+def test_no_gradient_says_what_it_needs(tmp_path: Path) -> None:
+    param, _ = detached("fc1")
+
+    def no_calls(step: int, i: int, la: LayerInfo) -> dict[str, float | None]:
+        return {**healthy_layer(step, i, la), "calls": None}
+    run = write(tmp_path, param=param, layer=no_calls)
+    res = RULES[Code.NO_GRADIENT](run, TH, Context())
+    assert isinstance(res, NotEvaluated) and "calls" in res.reason
+
+
 def test_the_loop_rules_are_registered_and_documented() -> None:
     for code in (Code.PARAM_NOT_UPDATED, Code.NO_GRADIENT, Code.LR_PLATEAU):
         rule = RULES[code]

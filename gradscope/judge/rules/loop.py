@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, Fix, FixKind, Severity
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     LOG,
     STEPS,
@@ -28,6 +28,7 @@ from gradscope.judge.rules._common import (
     fmt_num,
     fmt_steps,
     label,
+    layer_stat,
     module_path,
     nanmedian,
     param_stat,
@@ -245,7 +246,8 @@ def no_gradient(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     not this rule's (dead or saturated units still sit on the loss path). Steps an AMP GradScaler skipped are
     left out. Not flagged: modules that never run in a training forward (used only at inference), frozen
     parameters (``requires_grad=False``: not watched), and layers whose weights change anyway (an EMA/momentum
-    encoder updated by hand).
+    encoder updated by hand; also, a blind spot, weight decay shrinking a cut-off layer whose gradients are
+    zeroed with ``zero_grad(set_to_none=False)``).
 
     Confidence: n / (n + ``no_gradient_min_steps``) for n recorded steps on which the layer ran.
 
@@ -261,6 +263,8 @@ def no_gradient(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     calls, lg = stat(run, "layer", "calls"), stat(run, "layer", "grad_norm")
     if gn is None or calls is None:
         return []
+    if not np.isfinite(calls).any():
+        return NotEvaluated(code, "the log has no per-layer 'calls' statistics: which layers ran is unknown")
     s = run.steps.size
     keep = ~run.skipped if run.skipped.shape[0] == s else np.ones(s, dtype=bool)
     pidx = {p.name: j for j, p in enumerate(run.params)}
@@ -512,7 +516,7 @@ RULES = (
     Rule(Code.PARAM_NOT_UPDATED, param_not_updated, param_not_updated_fixes, "loop",
          needs=(LOG, STEPS, param_stat("update_ratio"), param_stat("grad_norm"))),
     Rule(Code.NO_GRADIENT, no_gradient, no_gradient_fixes, "loop",
-         needs=(LOG, STEPS, param_stat("grad_norm"))),
+         needs=(LOG, STEPS, param_stat("grad_norm"), layer_stat("calls"))),
     Rule(Code.LR_PLATEAU, lr_plateau, lr_plateau_fixes, "loop", needs=(LOG, RECORDED_LR, LOSS_CURVE)),
 )
 """This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""
