@@ -2,8 +2,11 @@
 
 A training step is the work between two training-mode forward passes of the root module (``model.training``
 and grad enabled), or, with ``optimizer=``, between two optimizer steps (so gradient accumulation counts as
-one step). Forward passes in ``eval()`` mode or under ``torch.no_grad()`` never count and never touch the
-statistics. One step through the hooks, in order:
+one step). Forward passes under ``torch.no_grad()`` never count. A forward pass in ``eval()`` mode with grad
+enabled counts only when a backward follows (a loop that trains in eval mode by mistake): its backward opens
+the step, as for a compiled forward, and the step is noted in ``LoopFacts.eval_steps``; its per-layer
+statistics are not taken (the forward ran before it was known to be a training one). Validation passes in
+eval mode without backward change nothing. One step through the hooks, in order:
 
 1. root forward pre-hook → ``begin_forward``: ends the previous step (without ``optimizer=``, or when a
    GradScaler skipped its optimizer step), begins this one, and lets the watch take the input statistics.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +43,23 @@ from gradscope.measure.layers import all_tensors
 
 if TYPE_CHECKING:
     from gradscope.measure.watch import Watch
+
+
+@dataclass
+class LoopFacts:
+    """How the training loop itself behaved since the last record (issue 12's evidence), kept on the host:
+    counting them costs no tensor op."""
+
+    from_step: int = 0                  # first step these facts cover
+    forwards: int = 0                   # forward passes counted as (part of) a step
+    eval_forwards: int = 0              # of those, passes in eval mode that led to a backward
+    eval_steps: list[int] = field(default_factory=list)         # steps with such an eval-mode pass
+    grad_checks: int = 0                # backwards that came first after an optimizer step (checked)
+    stale_grad_steps: list[int] = field(default_factory=list)   # ... and found ``.grad`` not zeroed
+
+    def reset(self, from_step: int) -> None:
+        self.from_step, self.forwards, self.eval_forwards, self.grad_checks = from_step, 0, 0, 0
+        self.eval_steps, self.stale_grad_steps = [], []
 
 
 class StepClock:
@@ -64,7 +85,9 @@ class StepClock:
         self.backward_seen = False   # a backward has ended in the open step
         self._backward_queued = False
         self._late = False
+        self._after_optimizer_step = False   # the next backward is the first after an optimizer step
         self._handles: list[RemovableHandle] = []
+        self.loop = LoopFacts()
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @property
@@ -138,10 +161,18 @@ class StepClock:
         if not self.open:
             self._begin_step(w)
         self.in_forward = True
+        self.loop.forwards += 1
         w._forward_begins(module, args)
 
     def _end_forward(self, module: nn.Module, output: Any) -> None:
         if not self.in_forward:
+            if not module.training and torch.is_grad_enabled():
+                # An eval-mode pass with grad: a step only if a backward follows (_eval_step).
+                w = self._watch()
+                if w is not None and w._params:
+                    for t in all_tensors(output):
+                        if t.is_floating_point() and t.requires_grad:
+                            t.register_hook(self._eval_step)
             return
         self.in_forward = False
         w = self._watch()
@@ -196,24 +227,43 @@ class StepClock:
     def _compiled_step(self, g: torch.Tensor) -> None:
         """First output gradient of a backward whose forward ran inside a compiled graph (the root's hooks were
         traced, so no step was opened in forward): a step is one backward, or one optimizer step."""
-        self._guard.run(Part.WATCH, self._compiled_step_body, g)
+        self._guard.run(Part.WATCH, self._step_from_backward, False)
 
-    def _compiled_step_body(self, g: torch.Tensor) -> None:
+    def _eval_step(self, g: torch.Tensor) -> None:
+        """First output gradient of a backward through an eval-mode forward pass: it was a training one."""
+        self._guard.run(Part.WATCH, self._step_from_backward, True)
+
+    def _step_from_backward(self, eval_mode: bool) -> None:
         w = self._watch()
         if w is None or not self.attached or self._backward_queued:
             return
-        if self.open and not self.by_optimizer:
+        # Without optimizer=, a step is one backward: a second one begins the next step (a backward that
+        # completes a step whose forward already opened it does not). With it, the optimizer step ends a step
+        # (or the GradScaler skipping it).
+        if self.open and (w._scaler.step_was_skipped() if self.by_optimizer else self.backward_seen):
             self._end_step(w)
         if not self.open:
             self._begin_step(w)
+        self.loop.forwards += 1
+        if eval_mode:
+            self.loop.eval_forwards += 1
+            if not self.loop.eval_steps or self.loop.eval_steps[-1] != self.step:
+                self.loop.eval_steps.append(self.step)
         self._queue_end_of_backward()
 
     def _output_grad(self, g: torch.Tensor) -> None:
         self._guard.run(Part.WATCH, self._queue_end_of_backward)
 
     def _queue_end_of_backward(self) -> None:
+        """At the first output gradient of a backward (before any parameter gradient of the model is
+        accumulated): queue the end-of-backward callback, and after an optimizer step check ``.grad``."""
         if not self._backward_queued and self.open:
             self._backward_queued = True
+            if self._after_optimizer_step:
+                self._after_optimizer_step = False
+                w = self._watch()
+                if w is not None:
+                    w._check_stale_grads()
             torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
 
     def _end_of_backward(self) -> None:
@@ -252,3 +302,5 @@ class StepClock:
         if self.recording:
             self._guard.run(Part.CLIPPING, w._optimizer_step_ended)
         self._end_step(w)
+        self._after_optimizer_step = True
+        w._mark_grads()

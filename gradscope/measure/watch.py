@@ -98,6 +98,11 @@ INPUT_STATS_STEPS = 5
 """Input statistics are taken on the first 5 recorded steps: the data distribution does not drift within a
 run the way activations do, and per-feature moments of the input are the costliest statistic."""
 
+LOOP_RECORDS = False
+"""Write a ``loop`` record after each step record (and at close, for the steps after the last one): how the
+training loop behaved (``clock.LoopFacts``; the shape is ``Watch._loop_record``'s). Off until
+``store.jsonl.read_log`` knows the kind: today it notes an unknown kind as a problem of the log."""
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -320,6 +325,7 @@ class Watch:
         self._forward_outputs: list[tuple[int, weakref.ref[torch.Tensor]]] = []   # for the NaN/Inf check
         self._checking_layers = False
         self._nonfinite_found = False
+        self._grad_mark: tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor], int] | None = None
         self._tracer: ActivationTracer | None = ActivationTracer()
         self._tracing = False
 
@@ -463,6 +469,8 @@ class Watch:
     def _finish(self) -> None:
         """At close: the open step, the checks of the steps after the last record, the close record."""
         self._clock.finish()
+        if LOOP_RECORDS and self._clock.loop.from_step <= self._clock.step:
+            self._write(self._loop_record())
         values, checks = self._checks.take()
         if values is None:
             return
@@ -703,8 +711,51 @@ class Watch:
             clip_norm=finite(math.sqrt(sum(v * v for v in clip))) if clip is not None else None)
         self._scaler.skipped_steps.clear()
         self._write(rec.to_dict())
+        if LOOP_RECORDS:
+            self._write(self._loop_record())
         if self._tb is not None:
             self._guard.run(Part.TENSORBOARD, self._tb.step, rec)
+
+    def _loop_record(self) -> dict[str, Any]:
+        """``{"kind": "loop", "step": S, "from_step": P, "forwards": n, "eval_forwards": e, "eval_steps": [...],
+        "grad_checks": c, "stale_grad_steps": [...]}`` for steps P..S: forward passes counted, how many of them
+        ran in eval mode (and in which steps), how many backwards came first after an optimizer step and
+        in which steps ``.grad`` was then still the one that step used (``zero_grad`` missing). Resets them."""
+        loop, step = self._clock.loop, self._clock.step
+        rec = {"kind": "loop", "step": step, "from_step": loop.from_step, "forwards": loop.forwards,
+               "eval_forwards": loop.eval_forwards, "eval_steps": list(loop.eval_steps),
+               "grad_checks": loop.grad_checks, "stale_grad_steps": list(loop.stale_grad_steps)}
+        loop.reset(step + 1)
+        return rec
+
+    # ------------------------------------------------------------------------------ the loop's own habits
+    def _mark_grads(self) -> None:
+        """Right after an optimizer step: which gradient it used (one parameter's, as a weak reference, and its
+        version counter). Host-only, no tensor op."""
+        self._grad_mark = None
+        for p in self._params:
+            g = p.grad
+            if g is not None:
+                self._grad_mark = (weakref.ref(p), weakref.ref(g), g._version)
+                return
+
+    def _check_stale_grads(self) -> None:
+        """At the first backward after an optimizer step, before the model's parameter gradients accumulate:
+        ``.grad`` still the very tensor that step used, unmodified, means nobody zeroed it (``zero_grad()``
+        sets it to None or zeroes it in place, which bumps its version). An accumulation already done in this
+        backward (a loss term on the parameters themselves) also bumps it: then this is not counted stale,
+        so the check can miss but not accuse wrongly."""
+        mark, self._grad_mark = self._grad_mark, None
+        if mark is None:
+            return
+        p, g = mark[0](), mark[1]()
+        if p is None:
+            return
+        loop = self._clock.loop
+        loop.grad_checks += 1
+        cur = p.grad
+        if cur is not None and cur is g and cur._version == mark[2]:
+            loop.stale_grad_steps.append(self._clock.step)
 
     # ------------------------------------------------------------------------------- non-finite values
     def _finding(self) -> bool:

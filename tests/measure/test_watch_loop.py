@@ -1,0 +1,121 @@
+"""The training loop's own habits (issue 12 groundwork, measure side): a loop that trains in eval mode still has
+its steps counted, and a loop that never zeroes its gradients is seen — both without a tensor op, written as
+``loop`` records (``watch.LOOP_RECORDS``, off until the reader knows the kind)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradscope
+from gradscope.measure import watch as watch_module
+from gradscope.store.jsonl import log_path, read_log
+
+
+@pytest.fixture
+def loop_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watch_module, "LOOP_RECORDS", True)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _loops(logdir: Path) -> list[dict[str, Any]]:
+    return [r for r in map(json.loads, log_path(logdir).read_text().splitlines()) if r["kind"] == "loop"]
+
+
+def _merged(loops: list[dict[str, Any]], key: str) -> list[int]:
+    return [s for r in loops for s in r[key]]
+
+
+@pytest.mark.parametrize("with_optimizer", [True, False])
+def test_a_loop_that_trains_in_eval_mode_is_counted_and_flagged(tmp_path: Path, loop_records: None,
+                                                                 with_optimizer: bool) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.eval()                                   # forgotten: model.train()
+    with gradscope.watch(model, tmp_path, every=2, tensorboard=False,
+                         optimizer=opt if with_optimizer else None) as scope:
+        for _ in range(6):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+            opt.step()
+        assert scope.step == 5
+    log = read_log(log_path(tmp_path), warn=False)   # today's reader notes the unknown kind
+    assert [r.step for r in log.steps] == [0, 1, 2, 3, 4]
+    assert all(r.grad_norm is not None and r.grad_norm > 0 for r in log.steps)
+    loops = _loops(tmp_path)
+    assert _merged(loops, "eval_steps") == list(range(6))
+    assert sum(r["eval_forwards"] for r in loops) == sum(r["forwards"] for r in loops) == 6
+    assert [(r["from_step"], r["step"]) for r in loops] == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+
+
+def test_eval_passes_without_backward_change_nothing(tmp_path: Path, loop_records: None) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt):
+        for _ in range(4):
+            model.train()
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+            opt.step()
+            model.eval()
+            model(torch.randn(8, 4))               # validation without no_grad: still not a step
+    log = read_log(log_path(tmp_path), warn=False)   # today's reader notes the unknown kind
+    assert [r.step for r in log.steps] == [0, 1, 2, 3]
+    assert all(r.layers[0][0] == 8 * 16 for r in log.steps)   # the validation pass is not in the statistics
+    loops = _loops(tmp_path)
+    assert _merged(loops, "eval_steps") == [] and sum(r["forwards"] for r in loops) == 4
+
+
+def _train(model: nn.Module, logdir: Path, zero: str, steps: int = 5) -> list[dict[str, Any]]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, logdir, every=1, tensorboard=False, optimizer=opt):
+        for _ in range(steps):
+            if zero == "none":
+                opt.zero_grad()
+            elif zero == "zeros":
+                opt.zero_grad(set_to_none=False)
+            elif zero == "after_forward":
+                out = model(torch.randn(8, 4))
+                opt.zero_grad()
+                F.cross_entropy(out, torch.randint(0, 3, (8,))).backward()
+                opt.step()
+                continue
+            loss = F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+            if zero == "l2":
+                opt.zero_grad()
+                loss = loss + 1e-3 * sum(p.pow(2).sum() for p in model.parameters())
+            if zero == "accumulate":
+                opt.zero_grad()
+                loss.backward()
+                loss = F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+            loss.backward()
+            opt.step()
+    return _loops(logdir)
+
+
+@pytest.mark.parametrize("zero", ["none", "zeros", "after_forward", "l2", "accumulate"])
+def test_zeroed_gradients_are_never_called_stale(tmp_path: Path, loop_records: None, zero: str) -> None:
+    loops = _train(_model(), tmp_path, zero)
+    assert _merged(loops, "stale_grad_steps") == []
+    assert sum(r["grad_checks"] for r in loops) == 4          # every backward that followed an optimizer step
+
+
+def test_a_loop_without_zero_grad_is_seen(tmp_path: Path, loop_records: None) -> None:
+    loops = _train(_model(), tmp_path, "never")
+    assert _merged(loops, "stale_grad_steps") == [1, 2, 3, 4]   # step 0 had nothing to zero
+
+
+def test_no_loop_record_until_the_reader_knows_the_kind(tmp_path: Path) -> None:
+    _train(_model(), tmp_path, "never")
+    assert _loops(tmp_path) == []
+    read_log(log_path(tmp_path))   # and the log reads without a problem (pytest makes a warning an error)
