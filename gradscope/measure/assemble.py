@@ -1,10 +1,11 @@
 """A recorded step: the per-layer statistics on the device, ONE transfer to the host, the record's rows.
 
 The order of a layer row is the log schema's ``LAYER_FIELDS`` (the header lists it) and nothing else: the
-device side stacks the raw sums in the order of ``RawLayer`` (declared once, below), the host side names
-them, derives each ``LAYER_FIELDS`` entry by name and lays the row out in ``LAYER_FIELDS`` order. Adding a
-statistic is one ``RawLayer`` field and one entry in ``layer_row``; a schema field without a derivation
-fails every record (and the tests) with a ``KeyError`` naming it. Parameter rows likewise follow
+device side builds every layer's raw sums as one matrix in ``reductions.RAW_LAYER_COLUMNS`` order
+(``reductions.layer_matrix``, a constant number of ops whatever the depth), the host side names each column
+from that same tuple, derives each ``LAYER_FIELDS`` entry by name and lays the row out in ``LAYER_FIELDS``
+order. Adding a statistic is one raw column and one entry in ``layer_row``; a schema field without a
+derivation fails every record (and the tests) with a ``KeyError`` naming it. Parameter rows likewise follow
 ``PARAM_FIELDS``.
 """
 
@@ -12,35 +13,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, NamedTuple
 
 import torch
 
-from gradscope.measure.reductions import LayerAcc, accumulate_grad, accumulate_output
+from gradscope.measure.reductions import (
+    RAW_LAYER_COLUMNS,
+    LayerAcc,
+    accumulate_grad,
+    accumulate_output,
+    layer_matrix,
+)
 from gradscope.store.schema import LAYER_FIELDS, PARAM_FIELDS
 
-_F32 = torch.float32
-
-
-class RawLayer(NamedTuple):
-    """What one layer's row is computed from, in the order it is stacked on the device and transferred: 0-d
-    tensors on the device, floats on the host."""
-
-    s: Any           # Σx over every output element of the step
-    ss: Any          # Σx²
-    lo: Any          # min x
-    hi: Any          # max x
-    nonzero: Any     # elements != 0
-    nonfinite: Any   # NaN/Inf elements
-    units: Any       # units (features or channels)
-    inactive: Any    # units never positive this step
-    dead: Any        # units never positive in the last ``dead_window`` records (NaN: window not full yet)
-    saturated: Any   # units whose mean normalized derivative is below the threshold (NaN: no derivative)
-    dmean: Any       # mean normalized derivative over units (NaN: no derivative)
-    gsq: Any         # Σ (dL/d output)² (NaN: no output gradient this step)
-
-
-RAW_FIELDS: tuple[str, ...] = RawLayer._fields
+RawLayer = Mapping[str, float]
+"""One layer's raw sums on the host, by ``RAW_LAYER_COLUMNS`` name (NaN: not measured)."""
 
 
 Row = tuple[float | int | None, ...]
@@ -56,23 +42,24 @@ def _count(v: float) -> int | None:
 
 
 def layer_row(raw: RawLayer, count: int, calls: int) -> Row:
-    """One layer's row of a step record, in ``LAYER_FIELDS`` order."""
+    """One layer's row of a step record, in ``LAYER_FIELDS`` order, from its raw sums (``RAW_LAYER_COLUMNS``)."""
     n = max(count, 1)
-    mean = raw.s / n
-    var = max(raw.ss / n - mean * mean, 0.0) if math.isfinite(raw.ss) and math.isfinite(mean) else math.nan
-    gsq = raw.gsq
+    mean = raw["s"] / n
+    ss = raw["ss"]
+    var = max(ss / n - mean * mean, 0.0) if math.isfinite(ss) and math.isfinite(mean) else math.nan
+    gsq = raw["gsq"]
     named: dict[str, float | int | None] = {
         "count": count,
         "mean": finite(mean),
         "var": finite(var),
-        "absmax": finite(max(abs(raw.lo), abs(raw.hi))),
-        "zero_frac": 1.0 - raw.nonzero / n,
-        "nonfinite": _count(raw.nonfinite),
-        "units": _count(raw.units),
-        "inactive": _count(raw.inactive),
-        "dead": _count(raw.dead),
-        "saturated": _count(raw.saturated),
-        "dmean": finite(raw.dmean),
+        "absmax": finite(max(abs(raw["lo"]), abs(raw["hi"]))),
+        "zero_frac": 1.0 - raw["nonzero"] / n,
+        "nonfinite": _count(raw["nonfinite"]),
+        "units": _count(raw["units"]),
+        "inactive": _count(raw["inactive"]),
+        "dead": _count(raw["dead"]),
+        "saturated": _count(raw["saturated"]),
+        "dmean": finite(raw["dmean"]),
         "grad_norm": finite(math.sqrt(gsq)) if math.isfinite(gsq) and gsq >= 0 else None,
         "calls": calls,
     }
@@ -126,6 +113,7 @@ class LayerStats:
         self.saturation_derivative = saturation_derivative
         self.acc: dict[int, LayerAcc] = {}
         self._last_active: dict[int, torch.Tensor] = {}   # layer → (units,) record index a unit last fired
+        self._matrix_ids: list[int] = []                   # the layers of the last matrix, in its row order
 
     def reset(self) -> None:
         self.acc = {}
@@ -158,47 +146,30 @@ class LayerStats:
                 return acc.s.device
         return None
 
-    def add_vectors(self, transfer: Transfer, record_index: int, device: torch.device) -> None:
-        """Each called layer's ``RawLayer`` vector, for the record's transfer (keys ``("layer", index)``)."""
-        for i in sorted(self.acc):
-            transfer.add(("layer", i), self._vector(i, self.acc[i], record_index, device))
+    def add_matrix(self, transfer: Transfer, record_index: int) -> None:
+        """Every called layer's raw sums as one (layers, ``RAW_LAYER_COLUMNS``) matrix for the record's
+        transfer (key ``"layers"``), in a constant number of ops; updates when each unit was last active."""
+        ids = sorted(i for i, a in self.acc.items() if a.unit_max is not None)
+        self._matrix_ids = ids
+        if not ids:
+            return
+        matrix, last = layer_matrix([self.acc[i] for i in ids], [self._last_active.get(i) for i in ids],
+                                    record_index=record_index, dead_window=self.dead_window,
+                                    saturation_derivative=self.saturation_derivative)
+        for i, state in zip(ids, last, strict=True):
+            self._last_active[i] = state
+        transfer.add("layers", matrix)
 
     def rows(self, fetched: Mapping[Hashable, list[float]], n_layers: int) -> list[Row | None]:
-        """Every header layer's row (None: not called this step) from the fetched ``RawLayer`` vectors."""
+        """Every header layer's row (None: not called this step) from the fetched matrix."""
         out: list[Row | None] = [None] * n_layers
-        for i, acc in self.acc.items():
-            chunk = fetched.get(("layer", i))
-            if chunk is not None:
-                out[i] = layer_row(RawLayer(*chunk), acc.count, acc.calls)
+        flat = fetched.get("layers", [])
+        width = len(RAW_LAYER_COLUMNS)
+        for k, i in enumerate(self._matrix_ids):
+            acc = self.acc[i]
+            raw = dict(zip(RAW_LAYER_COLUMNS, flat[k * width:(k + 1) * width], strict=True))
+            out[i] = layer_row(raw, acc.count, acc.calls)
         return out
-
-    def _vector(self, i: int, acc: LayerAcc, record_index: int, dev: torch.device) -> torch.Tensor:
-        nan = torch.tensor(math.nan, device=dev)
-        assert acc.unit_max is not None and acc.s is not None
-        assert acc.ss is not None and acc.lo is not None and acc.hi is not None
-        assert acc.nonzero is not None and acc.nonfinite is not None
-        units = acc.unit_max.numel()
-        active = acc.unit_max > 0
-        inactive = (~active).sum()
-        last = self._last_active.get(i)
-        if last is None or last.numel() != units:
-            last = torch.full((units,), -1, dtype=torch.int64, device=acc.unit_max.device)
-        last = torch.where(active, record_index, last)
-        self._last_active[i] = last
-        # Before the window has filled there is not enough evidence to call a unit dead.
-        enough = record_index + 1 >= self.dead_window
-        dead = ((record_index - last) >= self.dead_window).sum() if enough else nan
-        if acc.unit_dsum is not None and acc.unit_n:
-            per_unit = acc.unit_dsum / acc.unit_n
-            saturated = (per_unit < self.saturation_derivative).sum()
-            dmean = per_unit.mean()
-        else:
-            saturated = dmean = nan
-        raw = RawLayer(s=acc.s, ss=acc.ss, lo=acc.lo, hi=acc.hi, nonzero=acc.nonzero, nonfinite=acc.nonfinite,
-                       units=torch.tensor(float(units), device=dev), inactive=inactive, dead=dead,
-                       saturated=saturated, dmean=dmean, gsq=acc.gsq if acc.gsq is not None else nan)
-        # One stack per layer; dtype conversion only where a value is not fp32 already (counts are int64).
-        return torch.stack([v if v.dtype == _F32 else v.float() for v in raw])
 
     def clear(self) -> None:
         self.acc = {}

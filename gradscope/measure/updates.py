@@ -28,43 +28,63 @@ ratio, 256 runs of 32 within the test's 5%)."""
 
 
 class UpdateSampler:
-    """The weight samples and norms of one recorded step, taken at its start."""
+    """The weight samples and norms of one recorded step, taken at its start.
+
+    The samples live in buffers allocated once and refilled with one fused ``_foreach_copy_`` per record; at
+    the record the difference is one fused ``_foreach_sub`` straight from the parameters: a fixed number of
+    ops however many parameters (a view per parameter over ``UPDATE_SAMPLE`` entries, which launches
+    nothing), instead of two copies per parameter. Everything runs under ``torch.no_grad()`` (the caller's),
+    so nothing is detached.
+    """
 
     def __init__(self, params: Sequence[torch.Tensor]) -> None:
         run = UPDATE_SAMPLE // UPDATE_BLOCKS
         # Per parameter: None (small: sampled whole) or (stride, run length) of its evenly spaced runs.
         self._layout: list[tuple[int, int] | None] = [
             None if (n := local(p).numel()) <= UPDATE_SAMPLE else (n // UPDATE_BLOCKS, run) for p in params]
-        self._before: list[torch.Tensor] | None = None
+        self._buffers: list[torch.Tensor] | None = None   # the samples at the start of the recorded step
+        self._taken = False
         self._weight_norms: torch.Tensor | None = None
 
-    def _sample(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        flat = local(p.detach()).reshape(-1)
-        # A copy in a dtype that never narrows: fp16/bf16 → fp32, fp64 stays fp64 (an fp64 model's tiny
-        # updates would vanish in an fp32 difference).
-        dtype = wide(flat.dtype)
-        layout = self._layout[i]
-        if layout is None:
-            return flat.to(dtype, copy=True)
-        stride, run = layout
-        return flat.as_strided((UPDATE_BLOCKS, run), (stride, 1)).to(dtype, copy=True)
+    def _views(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """What is sampled of each parameter, as views (no copy): small ones whole, large ones as
+        ``UPDATE_BLOCKS`` evenly spaced runs."""
+        out = []
+        for p, layout in zip(params, self._layout, strict=True):
+            t = local(p)
+            if layout is not None:
+                stride, run = layout
+                t = (t if t.is_contiguous() else t.reshape(-1)).as_strided((UPDATE_BLOCKS, run), (stride, 1))
+            out.append(t)
+        return out
 
     def snapshot(self, params: Sequence[torch.Tensor]) -> None:
         """At the start of a recorded step: the weight norms and the samples to compare with at its end."""
         if not params:
             return
-        self._before = [self._sample(i, p) for i, p in enumerate(params)]
-        self._weight_norms = norms([local(p.detach()) for p in params])
+        views = self._views(params)
+        # The copies are in a dtype that never narrows: fp16/bf16 → fp32, fp64 stays fp64 (an fp64 model's
+        # tiny updates would vanish in an fp32 difference).
+        if self._buffers is None or any(b.shape != v.shape or b.dtype != wide(v.dtype) or b.device != v.device
+                                        for b, v in zip(self._buffers, views, strict=True)):
+            self._buffers = [torch.empty(v.shape, dtype=wide(v.dtype), device=v.device) for v in views]
+        torch._foreach_copy_(self._buffers, views)
+        self._taken = True
+        self._weight_norms = norms([local(p) for p in params])
 
     def pieces(self, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(weight norms at the start, ||Δ sample||, ||sample at the start||), one value per parameter, or None
         when no snapshot was taken this step."""
-        if self._before is None or self._weight_norms is None or not params:
+        if not self._taken or self._buffers is None or self._weight_norms is None or not params:
             return None
-        after = [self._sample(i, p) for i, p in enumerate(params)]
-        delta = torch.stack(torch._foreach_norm(torch._foreach_sub(after, self._before)))
-        return self._weight_norms, delta, torch.stack(torch._foreach_norm(self._before))
+        delta = torch.stack(torch._foreach_norm(torch._foreach_sub(self._views(params), self._buffers)))
+        return self._weight_norms, delta, torch.stack(torch._foreach_norm(self._buffers))
 
     def clear(self) -> None:
-        self._before = None
+        """The step is over: its snapshot no longer applies (the buffers are kept for the next one)."""
+        self._taken = False
         self._weight_norms = None
+
+    def release(self) -> None:
+        self.clear()
+        self._buffers = None

@@ -493,7 +493,7 @@ class Watch:
         self._tb = None
         self._layers, self._params = [], []
         self._layer_stats.clear()
-        self._updates.clear()
+        self._updates.release()
         self._checks.clear()
         self._forward_outputs = []
         self._grad = self._clip = self._input = None
@@ -674,7 +674,7 @@ class Watch:
         dev = self._layer_stats.device() or (self._params[0].device if self._params else torch.device("cpu"))
         transfer = Transfer(dev)
         with torch.no_grad():
-            guard.run(Part.LAYERS, self._layer_stats.add_vectors, transfer, clock.record_index, dev)
+            guard.run(Part.LAYERS, self._layer_stats.add_matrix, transfer, clock.record_index)
             if self._grad is not None:
                 transfer.add("grad_norms", self._grad[1])
             if self._clip is not None:

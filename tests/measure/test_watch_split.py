@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
-from gradscope.measure.assemble import RAW_FIELDS, RawLayer, layer_row, param_row
+from gradscope.measure.assemble import layer_row, param_row
+from gradscope.measure.reductions import RAW_LAYER_COLUMNS
 from gradscope.measure.checks import CheckKind, read
 from gradscope.measure.clock import StepClock
 from gradscope.measure.watch import layer_label
@@ -20,7 +21,7 @@ from gradscope.store.schema import LAYER_FIELDS, PARAM_FIELDS
 
 
 def test_rows_follow_the_schema_field_lists() -> None:
-    raw = RawLayer(*[float(i + 1) for i in range(len(RAW_FIELDS))])
+    raw = {c: float(i + 1) for i, c in enumerate(RAW_LAYER_COLUMNS)}
     row = layer_row(raw, count=10, calls=2)
     assert len(row) == len(LAYER_FIELDS)
     named = dict(zip(LAYER_FIELDS, row, strict=True))
@@ -31,8 +32,9 @@ def test_rows_follow_the_schema_field_lists() -> None:
         "grad_norm": 3.0, "norm": 4.0, "update_ratio": 0.5, "grad_nonfinite": 0.0}
     assert param_row(None, None, None, None) is None
     nan = float("nan")
-    gaps = layer_row(RawLayer(0.0, 0.0, 0.0, 0.0, 0.0, nan, 4.0, 4.0, nan, nan, nan, nan), count=0, calls=1)
-    assert dict(zip(LAYER_FIELDS, gaps, strict=True))["nonfinite"] is None   # a NaN count is "not measured"
+    gaps = layer_row({**raw, "nonfinite": nan, "dead": nan, "gsq": nan}, count=0, calls=1)
+    named = dict(zip(LAYER_FIELDS, gaps, strict=True))
+    assert named["nonfinite"] is None and named["dead"] is None and named["grad_norm"] is None   # not measured
 
 
 def test_check_kinds_keep_their_log_values() -> None:
