@@ -12,9 +12,9 @@ from torch import nn
 
 import gradscope
 from gradscope.measure.assemble import layer_row, param_row
-from gradscope.measure.reductions import RAW_LAYER_COLUMNS
 from gradscope.measure.checks import CheckKind, read
 from gradscope.measure.clock import StepClock
+from gradscope.measure.reductions import RAW_LAYER_COLUMNS
 from gradscope.measure.watch import layer_label
 from gradscope.store.jsonl import log_path, read_log
 from gradscope.store.schema import LAYER_FIELDS, PARAM_FIELDS
