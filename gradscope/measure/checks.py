@@ -109,10 +109,6 @@ class Check:
     values: torch.Tensor
 
     @property
-    def size(self) -> int:
-        return sum(len(ids) for _, ids in self.segments)
-
-    @property
     def gradients(self) -> bool:
         return len(self.segments) == 1 and self.segments[0][0] is CheckKind.GRADIENT
 
@@ -136,9 +132,6 @@ class PendingChecks:
 
     def __init__(self) -> None:
         self.pending: list[Check] = []
-
-    def __bool__(self) -> bool:
-        return bool(self.pending)
 
     def add_forward(self, step: int, layer_ids: Sequence[int], layer_outputs: Sequence[torch.Tensor],
                     outputs: Sequence[torch.Tensor]) -> None:

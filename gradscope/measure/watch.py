@@ -303,7 +303,6 @@ class Watch:
         self.check_finite = check_finite
         self.rank, self.world_size = _rank()
         inner = getattr(model, "_orig_mod", model)   # torch.compile's OptimizedModule: watch the model inside
-        self._model_ref = weakref.ref(model)
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
         self._t0 = time.perf_counter()
 
@@ -467,7 +466,7 @@ class Watch:
         return TensorBoardMirror(self.logdir, self._layers, self._param_names, histograms=histograms)
 
     def _finish(self) -> None:
-        """At close: the open step, the checks of the steps after the last record, the close record."""
+        """At close: the open step, and the loop facts and checks of the steps after the last record."""
         self._clock.finish()
         if LOOP_RECORDS and self._clock.loop.from_step <= self._clock.step:
             self._write(self._loop_record())
@@ -491,12 +490,10 @@ class Watch:
         if tb is not None:
             self._guard.run(Part.TENSORBOARD, tb.close)   # after the log is closed: it diagnoses the log
         self._tb = None
+        self._drop_step_state()
         self._layers, self._params = [], []
         self._layer_stats.clear()
         self._updates.release()
-        self._checks.clear()
-        self._forward_outputs = []
-        self._grad = self._clip = self._input = None
         self._scaler.release()
 
     def _everything_off(self) -> None:
@@ -504,11 +501,15 @@ class Watch:
         removing them here could mutate a hook dict torch is iterating, e.g. the optimizer's post-step hooks),
         and what the open step held is dropped. The log stays open for the close record."""
         self._stop_tracing()
+        self._drop_step_state()
+
+    def _drop_step_state(self) -> None:
         self._layer_stats.reset()
         self._updates.clear()
         self._checks.clear()
         self._forward_outputs = []
         self._grad = self._clip = self._input = None
+        self._grad_mark = None
 
     def _clock_step(self) -> int:
         return self._clock.step
