@@ -1539,7 +1539,7 @@ def _from_zero(steps: int) -> Callable[[torch.optim.Optimizer], torch.optim.lr_s
 @case("loop_head_replaced_after_optimizer", "ReLU MLP 64-128-64-10 on standardized digits; the optimizer (Adam 1e-3) "
       "is built, then the head model[4] is replaced by a fresh Linear: the new head is not in the optimizer.",
       must=(C.PARAM_NOT_UPDATED,),
-      fixes={C.PARAM_NOT_UPDATED: (K.LEARNING_RATE,)},
+      fixes={C.PARAM_NOT_UPDATED: (K.TRAINING_LOOP,)},
       arch="MLP", optimizer="Adam", data="digits")
 def _loop_head_replaced(logdir: Path) -> None:
     m = mlp([64, 128, 64, 10])
@@ -1562,7 +1562,7 @@ def _healthy_frozen_warmup(logdir: Path) -> None:
 @case("loop_detached_hidden_layer", "ReLU MLP 64-128-64-10 on standardized digits whose forward() detaches the "
       "first hidden layer's output: fc1 never gets a gradient. SGD+momentum 0.05.",
       must=(C.NO_GRADIENT,),
-      fixes={C.NO_GRADIENT: (K.CAPACITY,)},
+      fixes={C.NO_GRADIENT: (K.TRAINING_LOOP,)},
       arch="MLP", optimizer="SGD+momentum", data="digits")
 def _loop_detached(logdir: Path) -> None:
     m = DetachMLP((64, 128, 64, 10))
@@ -1582,7 +1582,7 @@ def _healthy_probe(logdir: Path) -> None:
       "parameters only (a wrong parameters() call: conv1 is left out), SGD+momentum 0.05, watched without "
       "optimizer= (no recorded learning rate).",
       must=(C.PARAM_NOT_UPDATED,),
-      fixes={C.PARAM_NOT_UPDATED: (K.LEARNING_RATE,)},
+      fixes={C.PARAM_NOT_UPDATED: (K.TRAINING_LOOP,)},
       holdout=True, arch="CNN", optimizer="SGD+momentum", data="digits")
 def _holdout_misses_conv1(logdir: Path) -> None:
     m = DigitsCNN(8, 16)
@@ -1607,7 +1607,7 @@ def _holdout_healthy_frozen_conv(logdir: Path) -> None:
       "behind the fixed random projection the GRU stays near chance in its 6 epochs (train error 71%, chance 75%), "
       "so underfitting is true of it too (allowed).",
       must=(C.NO_GRADIENT,), may=(C.UNDERFITTING,),
-      fixes={C.NO_GRADIENT: (K.CAPACITY,)},
+      fixes={C.NO_GRADIENT: (K.TRAINING_LOOP,)},
       holdout=True, arch="GRU", optimizer="Adam", data="synthetic sines")
 def _holdout_data_gru(logdir: Path) -> None:
     m = DataProjGRU(1, 8, 32, 4)
@@ -1701,7 +1701,7 @@ class AuxLSTM(nn.Module):
       "built from model.parameters(), then model.head is replaced by a new Linear: the head is not in the "
       "optimizer. A random fixed head may limit the fit (underfitting allowed).",
       must=(C.PARAM_NOT_UPDATED,), may=(C.UNDERFITTING,),
-      fixes={C.PARAM_NOT_UPDATED: (K.LEARNING_RATE,)},
+      fixes={C.PARAM_NOT_UPDATED: (K.TRAINING_LOOP,)},
       unseen=True, arch="Transformer", optimizer="AdamW", data="synthetic tokens")
 def _u_loop_head_late(logdir: Path) -> None:
     m = TokenTransformer(10, 12)
@@ -1715,7 +1715,7 @@ def _u_loop_head_late(logdir: Path) -> None:
       "after its first run: the LSTM stays near chance in its 6 epochs (train error 71%, chance 75%; the aux branch "
       "takes nothing from it), so underfitting is true of it too (allowed).",
       must=(C.NO_GRADIENT,), may=(C.UNDERFITTING,),
-      fixes={C.NO_GRADIENT: (K.CAPACITY,)},
+      fixes={C.NO_GRADIENT: (K.TRAINING_LOOP,)},
       unseen=True, arch="LSTM", optimizer="Adam", data="synthetic sines")
 def _u_loop_aux_branch(logdir: Path) -> None:
     m = AuxLSTM(1, 32, 4)

@@ -51,3 +51,21 @@ def he_init(gen: torch.Generator, nonlinearity: Nonlinearity = "relu") -> Callab
 
 def normal_init(gen: torch.Generator, std: float) -> Callable[[torch.Tensor], Any]:
     return lambda w: nn.init.normal_(w, 0.0, std, generator=gen)
+
+
+class DetachMLP(nn.Module):
+    """Four Linear layers (2 → 64 → 64 → 64 → 2) with ReLU; ``detach=True`` cuts the first layer off the loss
+    path (``.detach()`` on its activation), the training-loop bug the ``detached`` demo shows."""
+
+    def __init__(self, *, detach: bool) -> None:
+        super().__init__()
+        self.detach = detach
+        self.fc1, self.fc2, self.fc3, self.head = (nn.Linear(2, 64), nn.Linear(64, 64), nn.Linear(64, 64),
+                                                   nn.Linear(64, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        if self.detach:
+            h = h.detach()   # the bug: nothing below this line ever gets a gradient
+        h = torch.relu(self.fc2(h))
+        return self.head(torch.relu(self.fc3(h)))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradscope.demo.data import noisy_features, raw_units, standardize, two_spirals
-from gradscope.demo.models import he_init, init_linear, mlp, normal_init
+from gradscope.demo.models import DetachMLP, he_init, init_linear, mlp, normal_init
 from gradscope.judge.findings import Code, FixKind
 
 DEFAULT_PROBLEM = "vanishing"
@@ -142,6 +142,30 @@ def _underfitting(fixed: bool, small: bool, gen: torch.Generator) -> Setup:
     return Setup(model, torch.optim.Adam(model.parameters(), lr=1e-2), train, val, _epochs(20, small, 12))
 
 
+def _not_in_optimizer(fixed: bool, small: bool, gen: torch.Generator) -> Setup:
+    train, val = _spiral_data(gen, 2000, 500)
+    model = mlp([2, 64, 64, 64, 2], nn.ReLU)
+    init_linear(model, weight=he_init(gen))
+    head = nn.Linear(64, 2)
+    init_linear(head, weight=he_init(gen))
+    if fixed:
+        model[6] = head            # replace the head first, then build the optimizer over the final model
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    else:
+        # The bug: the optimizer is built, then the head is swapped for a new layer. The new head gets
+        # gradients but no optimizer holds it: its weights never move and optimizer.zero_grad() never clears it.
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model[6] = head
+    return Setup(model, opt, train, val, _epochs(12, small, 8))
+
+
+def _detached(fixed: bool, small: bool, gen: torch.Generator) -> Setup:
+    train, val = _spiral_data(gen, 2000, 500)
+    model = DetachMLP(detach=not fixed)
+    init_linear(model, weight=he_init(gen))
+    return Setup(model, torch.optim.Adam(model.parameters(), lr=1e-2), train, val, _epochs(12, small, 8))
+
+
 PROBLEMS: dict[str, Problem] = {p.name: p for p in (
     Problem("healthy", "a 3×64 ReLU MLP with He init, Adam and standardized inputs", "nothing to fix", (),
             (), _healthy),
@@ -164,4 +188,9 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in (
     Problem("underfitting", "a linear model (no hidden layer) on two spirals",
             "a bigger model: three hidden layers of 64 ReLU units", (Code.UNDERFITTING,), (FixKind.CAPACITY,),
             _underfitting),
+    Problem("not_in_optimizer", "a ReLU MLP whose head is replaced after the optimizer was built",
+            "replace the head first, then build the optimizer over the final model", (Code.PARAM_NOT_UPDATED,),
+            (FixKind.TRAINING_LOOP,), _not_in_optimizer),
+    Problem("detached", "a ReLU MLP that calls .detach() on its first layer's activation in forward()",
+            "no .detach() on the loss path", (Code.NO_GRADIENT,), (FixKind.TRAINING_LOOP,), _detached),
 )}

@@ -100,6 +100,13 @@ def _first_layer(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
     return bool(c.layers) and c.layers[0] in e.layers
 
 
+def _reference_not_updated(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The vanishing test compares against a layer the optimizer does not hold: ``optimizer.zero_grad()`` never
+    clears that layer's gradient, so it piles up step after step and every other layer looks small next to it."""
+    ref = e.evidence.get("last_layer")
+    return isinstance(ref, str) and ref in c.layers
+
+
 LINKS: tuple[Link, ...] = (
     Link(Code.LEARNING_RATE, Code.DIVERGENCE, _lr("high"),
          "steps far too large for the loss surface overshoot until numbers overflow"),
@@ -126,6 +133,8 @@ LINKS: tuple[Link, ...] = (
          "a raw input's scale puts the first layer's pre-activations in the flat tails"),
     Link(Code.UNNORMALIZED_INPUT, Code.DEAD_RELU, _first_layer,
          "an offset input pushes the first layer's pre-activations to one side"),
+    Link(Code.PARAM_NOT_UPDATED, Code.VANISHING_GRADIENTS, _reference_not_updated,
+         "a layer outside the optimizer is never zeroed: its gradient piles up and dwarfs the others'"),
 )
 """Every cause → consequence relation gradscope knows, with the condition that makes it hold on a run."""
 

@@ -32,6 +32,7 @@ class FixKind(str, Enum):
     CAPACITY = "capacity"              # bigger / deeper model
     TRAIN_LONGER = "train_longer"
     NORMALIZATION = "normalization"    # standardize the inputs
+    TRAINING_LOOP = "training_loop"    # the loop itself: optimizer construction, detach, zero_grad, modes
 
 
 class Code(str, Enum):

@@ -53,3 +53,18 @@ def test_runs_are_reproducible_and_leave_the_global_rng_alone(tmp_path: Path) ->
     assert (a.val_loss, a.train_acc) == (b.val_loss, b.train_acc)
     with pytest.raises(ValueError, match="unknown problem"):
         run_problem("nope", tmp_path / "c")
+
+
+@pytest.mark.parametrize("name", ["detached", "not_in_optimizer"])
+def test_loop_bug_problems_are_found_and_their_twins_are_clean(name: str, tmp_path: Path) -> None:
+    """Training-loop bugs (issue 12): the broken run names the bug with a training_loop fix; the fixed twin
+    (the same model and data, the loop corrected) does not."""
+    problem = PROBLEMS[name]
+    broken = run_problem(name, tmp_path / "broken", small=True)
+    fixed = run_problem(name, tmp_path / "fixed", fixed=True, small=True)
+    for code in problem.expected:
+        f = broken.finding(code)
+        assert f is not None and f.severity.rank >= Severity.WARNING.rank, broken.codes
+        assert any(fx.kind.value == "training_loop" and fx.code for fx in f.fixes)
+        assert fixed.finding(code) is None
+    assert [f for f in fixed.findings if f.severity.rank >= Severity.WARNING.rank] == []

@@ -13,7 +13,8 @@ from gradscope.demo import PROBLEMS, SMALL_ENV
 from gradscope.judge.findings import Severity
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-PROBLEM_EXAMPLES = ["vanishing", "exploding", "dead_relu", "saturation", "overfitting", "underfitting"]
+PROBLEM_EXAMPLES = ["vanishing", "exploding", "dead_relu", "saturation", "overfitting", "underfitting",
+                    "not_in_optimizer"]
 
 
 def _run(script: Path, logdir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:

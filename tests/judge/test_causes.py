@@ -99,3 +99,17 @@ def test_one_learning_rate_in_a_report() -> None:
     assert [fx.kind for fx in exp.fixes] == [FixKind.CLIPPING, FixKind.LEARNING_RATE]
     low = link([_lr("low"), exploding], healthy_run(), TH)[1]  # too low: nothing to agree on, left alone
     assert low.fixes == exploding.fixes
+
+
+def test_a_layer_outside_the_optimizer_explains_vanishing_gradients_measured_against_it() -> None:
+    """The demo's not-in-optimizer run: the head's gradient is never zeroed and piles up, so the vanishing test
+    (which compares the first layer with the last) fires; the head left out of the optimizer is the cause."""
+    run = healthy_run()
+    stale = Finding(Code.PARAM_NOT_UPDATED, Severity.WARNING, "p", "m", layers=("fc3",))
+    van = Finding(Code.VANISHING_GRADIENTS, Severity.WARNING, "v", "m", layers=("fc1",),
+                  evidence={"first_layer": "fc1", "last_layer": "fc3"})
+    out = link([van, stale], run, TH)
+    assert out[0].caused_by == (Code.PARAM_NOT_UPDATED,) and out[1].consequences == (Code.VANISHING_GRADIENTS,)
+    other = Finding(Code.VANISHING_GRADIENTS, Severity.WARNING, "v", "m", layers=("fc1",),
+                    evidence={"first_layer": "fc1", "last_layer": "fc2"})
+    assert all(f.is_root for f in link([other, stale], run, TH))   # measured against a layer it updates

@@ -126,7 +126,7 @@ def test_param_not_updated_fix_adds_exactly_the_missing_parameters(tmp_path: Pat
     run = write(tmp_path, param=not_in_optimizer(("fc3.weight", "fc3.bias")))
     diag = diagnose(run)
     (f,) = diag.by_code(Code.PARAM_NOT_UPDATED)
-    assert {fx.kind for fx in f.fixes} == {FixKind.LEARNING_RATE} and len(f.fixes) == 2
+    assert {fx.kind for fx in f.fixes} == {FixKind.TRAINING_LOOP} and len(f.fixes) == 2
     for fx in f.fixes:
         assert check_fix(fx, run) == []
     add = f.fixes[1]

@@ -204,7 +204,7 @@ def param_not_updated_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | 
         tuple(f.evidence.get("owners") or f.layers))
     owners = list(d.owners)
     fixes: list[Fix | None] = [Fix(
-        FixKind.LEARNING_RATE,
+        FixKind.TRAINING_LOOP,
         "Build the optimizer after the model is complete (after adding or replacing layers), so it holds every "
         "parameter",
         "# create the optimizer only once the model is final (after any layer is added or replaced);\n"
@@ -218,7 +218,7 @@ def param_not_updated_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | 
         for expr in paths:
             lines.append(f"missing += [p for p in {expr} if p not in held]")
         lines.append("optimizer.add_param_group({\"params\": missing})")
-        fixes.append(Fix(FixKind.LEARNING_RATE,
+        fixes.append(Fix(FixKind.TRAINING_LOOP,
                          f"Add {list_names(owners, th)} to the existing optimizer (keeps its state; the new group "
                          f"takes the optimizer's default settings)", "\n".join(lines)))
     return fixes
@@ -318,7 +318,7 @@ def no_gradient_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
         return []
     where = ", ".join(repr(n) for n in names[:th.fix_max_layers])
     fixes: list[Fix | None] = [Fix(
-        FixKind.CAPACITY,
+        FixKind.TRAINING_LOOP,
         f"Put {list_names(names, th)} back on the loss path: remove the .detach() / .data between its output and "
         f"the loss (or use the branch in the loss)",
         f"# in forward(), for the output of {where}:\n"
@@ -339,7 +339,7 @@ def no_gradient_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
             lines.append(f"{expr or f'model.get_parameter({pname!r})'}.requires_grad_(False)")
     if not lines:
         return fixes
-    fixes.append(Fix(FixKind.CAPACITY,
+    fixes.append(Fix(FixKind.TRAINING_LOOP,
                      f"If {list_names(names, th)} is meant to stay fixed, freeze it on purpose (before building the "
                      f"optimizer and attaching gradscope)", "\n".join(lines)))
     return fixes
