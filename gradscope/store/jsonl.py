@@ -218,8 +218,10 @@ class RawLog:
     """Every intact record of one log file, in order, plus what was wrong with the rest.
 
     Step rows are kept as arrays, ``layer_array[s, layer, field]`` and ``param_array[s, param, field]``
-    (float32, NaN = missing): building Python tuples for 200 layers × 10,000 steps took longer than the
-    whole report may. ``steps`` gives them as ``StepRecord`` objects on demand.
+    (float32 values held as float64, the type the rules compute in; NaN = missing): building Python tuples
+    for 200 layers × 10,000 steps took longer than the whole report may. ``read_log`` makes them views of
+    field-major arrays (``layer_array.transpose(2, 0, 1)`` is C-contiguous), so each statistic is one
+    contiguous block. ``steps`` gives them as ``StepRecord`` objects on demand.
     """
 
     path: Path
@@ -251,11 +253,16 @@ def _rows(a: np.ndarray) -> tuple[tuple[float | None, ...] | None, ...]:
     return tuple(out)
 
 
+_READ_BUFFER = 2**20
+"""Read buffer of the log file: with the default 8 KiB one, every 22 KB step line of a 200-layer log took
+several reads and joins (a third of a second on a 225 MB log)."""
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str | None, bool]]:
     """(line number, text, complete) for each line, read in bounded pieces: a line longer than
     ``MAX_LINE_BYTES`` is skipped without being held (text None). The last line is incomplete when the writer
     was cut off. Invalid UTF-8 is replaced (U+FFFD), so only JSON decides what is damaged."""
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=_READ_BUFFER) as f:
         lineno = 0
         while True:
             raw = f.readline(MAX_LINE_BYTES + 1)
@@ -279,7 +286,7 @@ def _records(p: Path, problems: validate.ProblemList) -> Iterator[tuple[int, dic
         if line is None:
             problems.append(f"{p}:{lineno}: record longer than {MAX_LINE_BYTES} bytes; skipped unread")
             continue
-        if not line.strip():
+        if line[:1] != "{" and not line.strip():   # (strip() copies the line: only when it may be blank)
             continue
         why: str
         if validate.too_deep(line):
@@ -323,8 +330,10 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
         raise LogError(f"{p}: no such log file")
     log: RawLog | None = None
     problems = validate.ProblemList()
-    layer_rows: list[np.ndarray] = []
-    param_rows: list[np.ndarray] = []
+    # Step rows go straight into two growing byte buffers (float32, row-major, exactly the header's size per
+    # record, checked): one array over each at the end, instead of an array per record and a stack.
+    layer_buf = bytearray()
+    param_buf = bytearray()
     unknown: set[str] = set()
     last_step = -1
     cols: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
@@ -357,8 +366,8 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
                                         "(a duplicate or backward step); skipped")
                         continue
                     meta, la, pa = _step(d, s, log.header, cols)
-                    layer_rows.append(la)
-                    param_rows.append(pa)
+                    layer_buf += la
+                    param_buf += pa
                     log.step_meta.append(meta)
                     last_step = s
                 elif kind == "metrics":
@@ -393,21 +402,45 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
         raise LogError(f"{p}: empty log, no gradscope header" if not problems else problems[0])
     log.problems = problems.close(p)
     h = log.header
-    log.layer_array = (np.stack(layer_rows) if layer_rows
-                       else np.zeros((0, len(h.layers), len(h.layer_fields)), dtype=np.float32))
-    log.param_array = (np.stack(param_rows) if param_rows
-                       else np.zeros((0, len(h.params), len(h.param_fields)), dtype=np.float32))
+    n = len(log.step_meta)
+    log.layer_array = _array(layer_buf, (n, len(h.layers), len(h.layer_fields)), h.layer_fields)
+    del layer_buf
+    log.param_array = _array(param_buf, (n, len(h.params), len(h.param_fields)), h.param_fields)
+    del param_buf
     if warn:
         for msg in log.problems:
             warnings.warn(f"gradscope: {msg}", GradscopeWarning, stacklevel=2)
     return log
 
 
+_BLOCK_STEPS = 256
+"""Steps turned field-major at a time: the block being read stays in cache (2x faster than one transpose)."""
+
+
+def _array(buf: bytearray, shape: tuple[int, int, int], fields: tuple[str, ...]) -> np.ndarray:
+    """The step rows of the whole log, ``[step, layer|param, field]``, from their float32 bytes (``buf``,
+    record after record): float64 values, out-of-range ones NaN (``validate.clamp_column``), in one
+    field-major array (``[field, step, layer|param]``, C order) seen through a transposed view. Each
+    statistic is then one contiguous block: ``run_from_log`` takes it as a column without another copy, and
+    the rules scan it 2.5x faster than a strided column. The only copy of the rows made after reading."""
+    rows = np.frombuffer(buf, dtype="<f4").reshape(shape)
+    n, width = shape[0], shape[2]
+    cols = np.empty((width, n, shape[1]), dtype=np.float64)
+    for s0 in range(0, n, _BLOCK_STEPS):
+        cols[:, s0:s0 + _BLOCK_STEPS] = rows[s0:s0 + _BLOCK_STEPS].transpose(2, 0, 1)
+    del rows
+    for j, f in enumerate(fields):
+        validate.clamp_column(cols[j], f)
+    return cols.transpose(1, 2, 0)
+
+
 def _step(d: dict[str, Any], s: int, h: Header,
-          cols: tuple[tuple[str, ...], tuple[str, ...]]) -> tuple[StepMeta, np.ndarray, np.ndarray]:
-    """A step record, checked: its rows against the header's layer and parameter counts and columns."""
-    la = validate.rows(d.get("layers", []), len(h.layers), cols[0], "layers")
-    pa = validate.rows(d.get("params", []), len(h.params), cols[1], "params")
+          cols: tuple[tuple[str, ...], tuple[str, ...]]) -> tuple[StepMeta, bytes, bytes]:
+    """A step record, checked: its rows against the header's layer and parameter counts and columns (as
+    float32 bytes, range-checked later for the whole log by ``_array``), every other field by type and
+    range. Nothing is kept from a record that fails any check."""
+    la = validate.row_bytes(d.get("layers", []), len(h.layers), len(cols[0]), "layers")
+    pa = validate.row_bytes(d.get("params", []), len(h.params), len(cols[1]), "params")
     inp = d.get("input")
     meta = StepMeta(step=s, time=validate.finite(d.get("time", 0.0), "time"),
                     grad_norm=validate.nonneg(d.get("grad_norm"), "grad_norm"),

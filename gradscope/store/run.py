@@ -108,10 +108,13 @@ def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
     meta = raw.step_meta
     steps = np.array([m.step for m in meta], dtype=np.int64)
     lf, pf = list(h.layer_fields), list(h.param_fields)
-    la = raw.layer_array.astype(np.float64)
-    pa = raw.param_array.astype(np.float64)
-    layer_stats = {f: la[:, :, lf.index(f)] if f in lf else np.full(la.shape[:2], np.nan) for f in LAYER_FIELDS}
-    param_stats = {f: pa[:, :, pf.index(f)] if f in pf else np.full(pa.shape[:2], np.nan) for f in PARAM_FIELDS}
+    # Field-major float64 (``la[field]`` is a contiguous (S, L) block): the rules scan columns, and strided
+    # views into an (S, L, F) array made diagnosing a 200 × 10,000 log take 2.5x as long. ``read_log``'s
+    # arrays are field-major float64 underneath already: then these are views, no copy.
+    la = np.ascontiguousarray(raw.layer_array.transpose(2, 0, 1), dtype=np.float64)
+    pa = np.ascontiguousarray(raw.param_array.transpose(2, 0, 1), dtype=np.float64)
+    layer_stats = {f: la[lf.index(f)] if f in lf else np.full(la.shape[1:], np.nan) for f in LAYER_FIELDS}
+    param_stats = {f: pa[pf.index(f)] if f in pf else np.full(pa.shape[1:], np.nan) for f in PARAM_FIELDS}
     every: dict[int, float] = {}
     for m in meta:
         for s, v in m.grad_norm_steps:

@@ -343,10 +343,13 @@ def _in(x: float, lo: float, hi: float, what: str) -> float:
 
 # --- rows --------------------------------------------------------------------------------------------------
 
-def rows(packed: Any, n_rows: int, fields: tuple[str, ...], what: str) -> np.ndarray:
-    """(n_rows, len(fields)) float32 from a packed base64 string or nested lists; sizes are checked against
-    the header before anything is decoded or allocated; out-of-range values (``ROW_RANGES``) become NaN."""
-    width = len(fields)
+def row_bytes(packed: Any, n_rows: int, width: int, what: str) -> bytes:
+    """The rows of one step record as ``n_rows × width`` little-endian float32 bytes, row-major, checked:
+    a packed base64 string must have exactly the length the header's sizes give (checked before it is
+    decoded) and be strict base64; nested lists must have ``n_rows`` rows of at most ``width`` numbers
+    (None/missing → NaN). Raises ``BadRecord``. Values are not range-checked here: ``clamp_column`` does
+    that for every step of a log at once, before the rows are used (per record, 17 columns of a few hundred
+    values each, it cost more than decoding them)."""
     if isinstance(packed, str):
         n_bytes = n_rows * width * 4
         if len(packed) != 4 * ((n_bytes + 2) // 3):
@@ -358,30 +361,39 @@ def rows(packed: Any, n_rows: int, fields: tuple[str, ...], what: str) -> np.nda
             raise BadRecord(f"{what}: packed rows are not base64 ({e})") from None
         if len(raw) != n_bytes:
             raise BadRecord(f"{what}: packed rows hold {len(raw)} bytes, expected {n_bytes}")
-        a = np.frombuffer(raw, dtype="<f4").reshape(n_rows, width).astype(np.float32)
-    else:
-        lst = seq(packed, what)
-        if len(lst) != n_rows:
-            raise BadRecord(f"{what}: {len(lst)} rows, the header lists {n_rows}")
-        a64 = np.full((n_rows, width), np.nan)
-        for i, r in enumerate(lst):
-            if r is None:
-                continue
-            if not isinstance(r, list) or len(r) > width:
-                raise BadRecord(f"{what}[{i}]: expected a list of at most {width} numbers")
-            for j, v in enumerate(r):
-                x = number(v, f"{what}[{i}][{j}]")
-                if x is not None:
-                    a64[i, j] = x
-        a = a64.astype(np.float32)
-    for j, f in enumerate(fields):
-        lo_hi = ROW_RANGES.get(f)
-        if lo_hi is not None and a.size:
-            col = a[:, j]
-            with np.errstate(invalid="ignore"):
-                bad = (col < lo_hi[0]) | (col > lo_hi[1])
-            col[bad] = np.nan
-    return a
+        return raw
+    lst = seq(packed, what)
+    if len(lst) != n_rows:
+        raise BadRecord(f"{what}: {len(lst)} rows, the header lists {n_rows}")
+    a64 = np.full((n_rows, width), np.nan)
+    for i, r in enumerate(lst):
+        if r is None:
+            continue
+        if not isinstance(r, list) or len(r) > width:
+            raise BadRecord(f"{what}[{i}]: expected a list of at most {width} numbers")
+        for j, v in enumerate(r):
+            x = number(v, f"{what}[{i}][{j}]")
+            if x is not None:
+                a64[i, j] = x
+    return a64.astype("<f4").tobytes()
+
+
+def clamp_column(col: np.ndarray, field: str) -> None:
+    """Values of statistic ``field`` outside ``ROW_RANGES[field]`` become NaN, in place, for any number of
+    steps at once (the reader passes every step of a log together, one contiguous column)."""
+    lo_hi = _ROW_RANGES_F32.get(field)
+    if lo_hi is None or not col.size:
+        return
+    with np.errstate(invalid="ignore"):
+        bad = col < lo_hi[0]
+        if lo_hi[1] != math.inf:   # (x > inf is never true)
+            bad |= col > lo_hi[1]
+    col[bad] = np.nan
+
+
+_ROW_RANGES_F32 = {f: (float(np.float32(lo)), float(np.float32(hi))) for f, (lo, hi) in ROW_RANGES.items()}
+"""``ROW_RANGES`` rounded to float32, the precision of the values: a column judged in float64 (the reader's)
+or in float32 gives the same answer (``dmean``'s 1.001 is 1.00100005 in float32)."""
 
 
 # --- lines -------------------------------------------------------------------------------------------------
