@@ -392,7 +392,7 @@ def lr_plateau(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     Symptom: the training (or validation) loss fell, then went flat for the last part of the run at a level well
     above zero, with one learning rate throughout.
 
-    Detected on ``train_loss`` (else ``val_loss``) over its last ``plateau_window`` of logged values (at least
+    Detected when ``train_loss`` (else ``val_loss``) is flat over its last ``plateau_window`` of logged values (at least
     ``plateau_min_points``; a longer window is first averaged into at most ``plateau_max_points`` consecutive
     means): the Theil–Sen slope and its ``plateau_confidence`` confidence interval (``scipy.stats.theilslopes``),
     times the window's length in steps and relative to the window's median loss, say how much the loss changed
