@@ -214,12 +214,13 @@ def accumulate_output(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str
 
 
 def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:
-    """Σx² in fp32 as one kernel: ``dot`` of a contiguous fp32 tensor with itself (a view, no copy), else an
-    fp32-accumulating ``vector_norm`` (no fp32 copy of a bf16/fp16 tensor on a GPU), squared."""
-    if x.dtype == _F32 and x.is_contiguous():
+    """Σx² in fp32 (fp64 for an fp64 tensor: a norm never narrows) as one kernel: ``dot`` of a contiguous
+    fp32/fp64 tensor with itself (a view, no copy), else an fp32-accumulating ``vector_norm`` (no fp32 copy of a
+    bf16/fp16 tensor on a GPU), squared. The result is fp32 either way, like every other raw statistic."""
+    if x.dtype in (_F32, torch.float64) and x.is_contiguous():
         flat = x.view(-1)
-        return torch.dot(flat, flat)
-    return torch.linalg.vector_norm(x, dtype=_F32).square()
+        return torch.dot(flat, flat).to(_F32)
+    return torch.linalg.vector_norm(x, dtype=torch.float64 if x.dtype == torch.float64 else _F32).square().to(_F32)
 
 
 def accumulate_derivative(acc: LayerAcc, x: torch.Tensor, *, unit_dim: int, act: str) -> None:

@@ -43,6 +43,7 @@ class ActivationTracer(TorchFunctionMode):
         self.acts: dict[int, str] = {}
         self.layer_outputs: dict[int, list[tuple[torch.Tensor, int]]] = {}   # layer -> [(output, version)]
         self._keep: list[torch.Tensor] = []
+        self.error: Exception | None = None   # the bookkeeping raised: what it learned is incomplete
 
     def register(self, t: torch.Tensor, layer: int, *, own: bool = True) -> None:
         self.outputs[id(t)] = layer
@@ -52,7 +53,15 @@ class ActivationTracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        result = func(*args, **kwargs)
+        result = func(*args, **kwargs)   # the user's op, exactly as called; its errors are the user's
+        if self.error is None:
+            try:   # gradscope's bookkeeping never raises into the user's forward
+                self._note(func, args, kwargs, result)
+            except Exception as e:   # kept for the watch's guard to report once, after the pass
+                self.error = e
+        return result
+
+    def _note(self, func: Any, args: Any, kwargs: Any, result: Any) -> None:
         src = args[0] if args else kwargs.get("input")
         if isinstance(src, torch.Tensor) and id(src) in self.outputs:
             layer = self.outputs[id(src)]
@@ -61,7 +70,6 @@ class ActivationTracer(TorchFunctionMode):
                 self.acts.setdefault(layer, name)
             elif name in _TRANSPARENT and isinstance(result, torch.Tensor) and result is not src:
                 self.register(result, layer, own=False)
-        return result
 
     def release(self) -> None:
         self.outputs.clear()

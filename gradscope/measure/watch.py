@@ -596,6 +596,10 @@ class Watch:
         if tracer is None:
             return
         self._tracer = None
+        if tracer.error is not None:   # one warning and a problem record; no activation names this run
+            self._guard.fail(Part.ACTIVATIONS, tracer.error)
+            tracer.release()
+            return
         acts = {self._layers[i].name: a for i, a in tracer.acts.items()}
         for i, a in tracer.acts.items():
             self._layers[i].act = a

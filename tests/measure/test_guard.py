@@ -20,7 +20,7 @@ from torch import nn
 
 import gradscope
 from gradscope.errors import GradscopeWarning
-from gradscope.measure import assemble, checks, clock, tb_writer, updates
+from gradscope.measure import assemble, checks, clock, tb_writer, tracer, updates
 from gradscope.measure import watch as watch_module
 from gradscope.measure.guard import Guard, Part, describe, problem_record
 from gradscope.store import jsonl
@@ -79,6 +79,7 @@ CASES: list[tuple[Any, str, int, Part | None]] = [
     (watch_module, "input_stats", 1, Part.INPUT),
     (updates.UpdateSampler, "snapshot", 1, Part.UPDATES),
     (watch_module, "activations_record", 0, Part.ACTIVATIONS),
+    (tracer.ActivationTracer, "_note", 0, Part.ACTIVATIONS),   # inside the user's forward: kept, reported after
     (tb_writer.TensorBoardMirror, "step", 1, Part.TENSORBOARD),
     (clock.StepClock, "_begin_step", 3, Part.WATCH),
     (watch_module.Watch, "_record", 2, Part.WATCH),

@@ -139,9 +139,6 @@ def test_recorded_step_adds_a_bounded_number_of_ops_per_layer(tmp_path: Path) ->
     assert 0 < per_layer <= RECORDED_OPS_PER_LAYER, f"{per_layer:.1f} ops per layer"
 
 
-@pytest.mark.xfail(strict=False, reason="per-layer assembly (assemble.LayerStats._vector) is not batched across "
-                                        "layers yet (reductions.layer_matrix does it in O(1) ops): 39 ops per "
-                                        "layer (2026-11-29)")
 def test_recorded_step_adds_a_handful_of_ops_per_layer(tmp_path: Path) -> None:
     per_layer = (_added(64, tmp_path, RECORDED) - _added(4, tmp_path, RECORDED)) / 60
     assert per_layer <= HANDFUL_PER_LAYER, f"{per_layer:.1f} ops per layer"
