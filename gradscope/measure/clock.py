@@ -62,6 +62,34 @@ class LoopFacts:
         self.eval_steps, self.stale_grad_steps = [], []
 
 
+class Hook:
+    """A hook gradscope puts on the user's model or optimizer: it forwards to one method of the clock.
+
+    Why an object and not the bound method: ``copy.deepcopy(model)`` (an EMA copy, the best checkpoint kept in
+    memory) and ``torch.save(model)`` copy a module's hooks too. A bound method would drag the clock, the watch
+    and its open log file along and fail (``cannot pickle '_io.TextIOWrapper'``). A ``Hook`` copies (and
+    pickles) as an inert one: the copy is not watched — attach a new watch to it — and the original keeps
+    its own. A pickled model then needs gradscope importable to load, as it needs the model's own classes.
+    """
+
+    __slots__ = ("clock", "extra", "name")
+
+    def __init__(self, clock: StepClock | None, name: str, *extra: int) -> None:
+        self.clock, self.name, self.extra = clock, name, extra
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        clock = self.clock
+        if clock is None:
+            return None
+        return getattr(clock, self.name)(*self.extra, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Hook:
+        return Hook(None, self.name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Hook, (None, self.name))
+
+
 class StepClock:
     """Counts training steps and decides which are recorded (the first ``warmup``, then every ``every``-th).
 
@@ -102,13 +130,13 @@ class StepClock:
     def attach(self, model: nn.Module, layers: Sequence[tuple[int, nn.Module]],
                optimizer: torch.optim.Optimizer | None) -> None:
         h = self._handles
-        h.append(model.register_forward_pre_hook(self.begin_forward))
-        h.append(model.register_forward_hook(self._forward_hook, always_call=True))
+        h.append(model.register_forward_pre_hook(Hook(self, "begin_forward")))
+        h.append(model.register_forward_hook(Hook(self, "_forward_hook"), always_call=True))
         for index, module in layers:
-            h.append(module.register_forward_hook(self._layer_hook(index)))
+            h.append(module.register_forward_hook(Hook(self, "_layer_output", index)))
         if optimizer is not None:
-            h.append(optimizer.register_step_pre_hook(self._optimizer_pre))
-            h.append(optimizer.register_step_post_hook(self._optimizer_post))
+            h.append(optimizer.register_step_pre_hook(Hook(self, "_optimizer_pre")))
+            h.append(optimizer.register_step_post_hook(Hook(self, "_optimizer_post")))
 
     def detach(self) -> None:
         """Remove every hook (safe twice, safe from inside a hook)."""
@@ -202,15 +230,13 @@ class StepClock:
         w._step_ends()
 
     # ------------------------------------------------------------------------------------------ layers
-    def _layer_hook(self, index: int) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if torch.compiler.is_compiling() or not self.in_forward:
-                return   # inside a torch.compile graph layer hooks do nothing (docs/setups.md)
-            w = self._watch()
-            if w is not None:
-                self._guard.run(Part.WATCH, w._layer_output, index, output)
-
-        return hook
+    def _layer_output(self, index: int, module: nn.Module, args: Any, output: Any) -> None:
+        """The forward hook of watched layer ``index``."""
+        if torch.compiler.is_compiling() or not self.in_forward:
+            return   # inside a torch.compile graph layer hooks do nothing (docs/setups.md)
+        w = self._watch()
+        if w is not None:
+            self._guard.run(Part.WATCH, w._layer_output, index, output)
 
     def layer_grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
         """A tensor hook for one layer output of the open recorded step: hands dL/d output to the watch."""

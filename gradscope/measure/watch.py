@@ -293,7 +293,7 @@ class Watch:
         if histograms is not None and (isinstance(histograms, bool) or int(histograms) < 0):
             raise ValueError(f"histograms must be None, 0 (off) or a positive record interval, got {histograms!r}")
         for h in model._forward_pre_hooks.values():
-            other = getattr(getattr(h, "__self__", None), "watch", None)
+            other = getattr(getattr(h, "clock", None), "watch", None)
             if isinstance(other, Watch) and not other.closed:
                 raise GradscopeError(f"this model is already watched by gradscope (log {other.path}); "
                                      "close() that watch first")

@@ -235,3 +235,32 @@ def test_a_script_that_never_closes_exits_with_its_own_code(tmp_path: Path, tb: 
     assert "INTERNAL ASSERT" not in out.stderr and "Exception ignored" not in out.stderr
     log = read_log(log_path(tmp_path))
     assert log.close is not None and [r.step for r in log.steps] == [0, 1, 2, 3, 4]
+
+
+def test_deepcopy_and_torch_save_of_a_watched_model(tmp_path: Path) -> None:
+    """An EMA copy, a best-model copy kept in memory, ``torch.save(model)``: a copy of a watched model gets
+    inert hooks (it is not watched, and nothing of the watch or its open log file is copied), the original
+    keeps recording, and a copy may be watched on its own."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(16, 4)
+    with gradscope.watch(model, tmp_path / "orig", every=1, tensorboard=False) as scope:
+        model(x).sum().backward()
+        twin = copy.deepcopy(model)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for other in (twin, loaded):
+            before = scope.step
+            torch.testing.assert_close(other(x), model(x))
+            other(x).sum().backward()        # the copy's passes are not steps of the original watch
+            assert scope.step == before + 1  # (+1: the original's own forward above)
+        model(x).sum().backward()
+        with gradscope.watch(twin, tmp_path / "twin", every=1, tensorboard=False):
+            twin(x).sum().backward()
+    assert len(read_log(log_path(tmp_path / "twin")).steps) == 1
+    assert len(read_log(log_path(tmp_path / "orig")).steps) == 4
