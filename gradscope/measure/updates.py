@@ -23,7 +23,7 @@ UPDATE_BLOCKS = 256
 """The sample is 256 evenly spaced runs of 32 contiguous entries (two cache lines each), not 8192 scattered
 ones: a scattered gather right after backward cost ~130 µs per weight matrix here, the runs a few µs, and 256
 runs still spread over the whole tensor (256 different rows of a weight matrix, so per-unit differences in
-update size average out: on the 9000×300 layer of tests/test_watch.py, 64 runs of 128 were 7% off the exact
+update size average out: on the 9000×300 layer of tests/measure/test_watch.py, 64 runs of 128 were 7% off the exact
 ratio, 256 runs of 32 within the test's 5%)."""
 
 

@@ -25,7 +25,7 @@ from gradscope.measure import watch as watch_module
 from gradscope.measure.guard import Guard, Part, describe, problem_record
 from gradscope.store import jsonl
 from gradscope.store.jsonl import read_log
-from tests.test_watch import _hook_count
+from tests.measure.test_watch import _hook_count
 
 STEPS = 9
 

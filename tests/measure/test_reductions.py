@@ -1,5 +1,5 @@
 """The estimators in gradscope.measure.reductions against exact references, with tolerances from their
-sample sizes (the exact-below-the-threshold cases are covered by tests/test_watch.py's naive reference)."""
+sample sizes (the exact-below-the-threshold cases are covered by tests/measure/test_watch.py's naive reference)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import gradscope
 from gradscope.errors import GradscopeError, GradscopeWarning
 from gradscope.store.jsonl import log_path, read_log
 from gradscope.store.schema import LAYER_FIELDS, PARAM_FIELDS
-from tests.test_watch import _hook_count
+from tests.measure.test_watch import _hook_count
 
 L = {f: i for i, f in enumerate(LAYER_FIELDS)}
 P = {f: i for i, f in enumerate(PARAM_FIELDS)}

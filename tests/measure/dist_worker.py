@@ -1,6 +1,6 @@
-"""Two gloo ranks on CPU training a small model with gradscope attached; run by tests/test_distributed.py.
+"""Two gloo ranks on CPU training a small model with gradscope attached; run by tests/measure/test_distributed.py.
 
-    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python -m tests.dist_worker LOGDIR   # each rank
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python -m tests.measure.dist_worker LOGDIR   # each rank
 
 Each rank trains on its own slice of the same global batches, so the merged statistics of the two ranks
 can be compared with one process training on the whole batch (``reference`` below, used by the test too).

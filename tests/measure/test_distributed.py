@@ -29,7 +29,7 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-from tests import dist_worker  # noqa: E402
+from tests.measure import dist_worker  # noqa: E402
 
 TIMEOUT = 120
 
@@ -43,7 +43,7 @@ def _free_port() -> int:
 def _launch(logdir: Path) -> tuple[list[subprocess.CompletedProcess[str]], float]:
     """Both ranks as plain processes (what torchrun does, minus its agent); each is waited on with a timeout."""
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.dist_worker", str(logdir)], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.measure.dist_worker", str(logdir)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1", "RANK": str(r),
                                    "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
