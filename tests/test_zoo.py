@@ -158,9 +158,9 @@ EXEC_CASES = [c.name for c in CASES if not c.healthy and any(k in c.arch for k i
 """Cases whose model the snippets are executed against (MLPs and image CNNs)."""
 
 
-def _build_model(case: Case, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object] | None:
+def _build_model(case: Case, monkeypatch: pytest.MonkeyPatch, scratch: Path) -> tuple[object, object] | None:
     """The case's model and data as its build function makes them, without training (``fit`` is replaced by a
-    recorder for the duration)."""
+    recorder for the duration). A case that trains another way trains into ``scratch``, never the cwd."""
     import zoo.cases as zc
 
     got: list[tuple[object, object]] = []
@@ -170,12 +170,13 @@ def _build_model(case: Case, monkeypatch: pytest.MonkeyPatch) -> tuple[object, o
 
     with monkeypatch.context() as m:
         m.setattr(zc, "fit", record)
-        case.train(Path("unused"))
+        case.train(scratch)
     return got[0] if got else None
 
 
 @pytest.mark.parametrize("name", EXEC_CASES)
-def test_fix_snippets_run_against_the_zoo_model(zoo: ZooRunner, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fix_snippets_run_against_the_zoo_model(zoo: ZooRunner, name: str, monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
     """Issue 11.2: each snippet that needs only ``model``/``optimizer`` (no training-loop variables, no extra
     package) is executed against the case's own model, which must then still take a batch and give outputs of
     the same shape, in train and eval mode."""
@@ -189,7 +190,7 @@ def test_fix_snippets_run_against_the_zoo_model(zoo: ZooRunner, name: str, monke
     from zoo.cases import BY_NAME
 
     case = BY_NAME[name]
-    built = _build_model(case, monkeypatch)
+    built = _build_model(case, monkeypatch, tmp_path)
     if built is None:
         pytest.skip(f"{name} does not train through zoo.cases.fit")
     model0, data = built
