@@ -32,7 +32,8 @@ def finite(x: Any) -> float | None:
 
 
 def fmt_num(x: Any) -> str:
-    """Short human form: 3 significant digits, scientific outside [1e-3, 1e4), a dash for missing/NaN/Inf."""
+    """Short human form: 3 significant digits, scientific outside [1e-3, 1e4), a dash for missing/NaN/Inf.
+    Findings' messages and the report's tables both use it."""
     f = finite(x)
     if f is None:
         return DASH

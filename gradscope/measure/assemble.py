@@ -16,6 +16,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
+from gradscope._numbers import finite
 from gradscope.measure.reductions import (
     RAW_LAYER_COLUMNS,
     LayerAcc,
@@ -32,8 +33,6 @@ RawLayer = Mapping[str, float]
 Row = tuple[float | int | None, ...]
 
 
-def finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
 
 
 def _count(v: float) -> int | None:

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from gradscope._numbers import finite
+
 _F32 = torch.float32
 _F64 = torch.float64
 
@@ -183,7 +185,7 @@ def read(values: Sequence[float], checks: Sequence[Check], *, find: bool, scaler
             if kind is CheckKind.GRADIENT:
                 sq = sum(v * v for v in chunk)
                 ok = math.isfinite(sq)
-                out.totals.append((c.step, _finite(math.sqrt(sq)) if ok else None))
+                out.totals.append((c.step, finite(math.sqrt(sq)) if ok else None))
                 if not ok and scaler:
                     out.skipped.add(c.step)
                     continue
@@ -194,8 +196,6 @@ def read(values: Sequence[float], checks: Sequence[Check], *, find: bool, scaler
     return out
 
 
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
 
 
 class ScalerTracker:

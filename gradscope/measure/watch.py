@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from gradscope._numbers import finite
 from gradscope._version import __version__
 from gradscope.errors import GradscopeError, GradscopeWarning
-from gradscope.measure.assemble import LayerStats, Transfer, finite, param_rows
+from gradscope.measure.assemble import LayerStats, Transfer, param_rows
 from gradscope.measure.checks import (
     CheckKind,
     FirstNonFinite,

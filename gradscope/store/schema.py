@@ -34,6 +34,8 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 """Bumped whenever a reader of the previous version would misread a new log. Readers refuse newer logs."""
+from gradscope._numbers import finite
+
 
 LOG_FILE_PREFIX = "gradscope"
 LOG_FILE_SUFFIX = ".jsonl"
@@ -70,11 +72,6 @@ DYING_ACTIVATIONS = frozenset({"relu", "relu6"})
 """Activations whose units can die: zero output and zero gradient for every negative input."""
 
 
-def finite_or_none(x: float | None) -> float | None:
-    """JSON has no NaN or Inf; write them as null."""
-    if x is None or not math.isfinite(x):
-        return None
-    return float(x)
 
 
 @dataclass(frozen=True)
@@ -182,7 +179,7 @@ class InputStats:
     feature_mean_absmax: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: (finite(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InputStats:

@@ -144,3 +144,15 @@ def test_every_declared_dependency_is_imported() -> None:
     for name in names:
         module = {"tensorboard": "torch.utils.tensorboard"}.get(name, name)
         assert f"import {module}" in source or f"from {module}" in source, f"{name} is declared but never imported"
+
+
+def test_one_number_helper_of_each_kind() -> None:
+    """``gradscope/_numbers.py`` holds the one finite-or-None test and the one number format; a second copy
+    drifts (two helpers once printed the same NaN as ``nan`` and ``–``). ``store.validate.finite`` is another
+    job: it refuses a bad record instead of mapping it to None."""
+    dupes = {"finite", "_finite", "finite_or_none", "_is_finite", "fmt_num", "_fmt_num", "fmt_pct"}
+    allowed = {("_numbers.py", n) for n in ("finite", "fmt_num", "fmt_pct")} | {("validate.py", "finite")}
+    found = [(str(p.relative_to(PKG)), n.name) for p in PKG.rglob("*.py")
+             for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+             if isinstance(n, ast.FunctionDef) and n.name in dupes and (p.name, n.name) not in allowed]
+    assert not found, found

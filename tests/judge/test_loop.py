@@ -403,8 +403,7 @@ def test_the_loop_rules_are_registered_and_documented() -> None:
     for code in (Code.PARAM_NOT_UPDATED, Code.NO_GRADIENT, Code.LR_PLATEAU):
         rule = RULES[code]
         assert rule.family == "loop"
-        for part in ("Symptom:", "Detected when" if code is not Code.LR_PLATEAU else "Detected on",
-                     "Confidence:", "Why it matters:", "Fixes:"):
+        for part in ("Symptom:", "Detected when", "Confidence:", "Why it matters:", "Fixes:"):
             assert part in rule.doc, (code, part)
         for name in Thresholds.names():
             if f"``{name}``" in rule.doc:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradscope._numbers import fmt_num
 from gradscope.judge.findings import Code, Finding, Fix, NotEvaluated
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run, Series
@@ -248,16 +249,6 @@ def fmt_steps(r: tuple[int, int] | None) -> str:
     if r is None:
         return "no steps"
     return f"step {r[0]}" if r[0] == r[1] else f"steps {r[0]}–{r[1]}"
-
-
-def fmt_num(x: float) -> str:
-    """Short human number: 3 significant digits, scientific for very small/large."""
-    if x is None or not math.isfinite(x):
-        return str(x)
-    ax = abs(x)
-    if ax != 0 and (ax < 1e-3 or ax >= 1e5):
-        return f"{x:.2e}"
-    return f"{x:.3g}"
 
 
 def pct(x: float) -> str:
