@@ -99,11 +99,6 @@ INPUT_STATS_STEPS = 5
 """Input statistics are taken on the first 5 recorded steps: the data distribution does not drift within a
 run the way activations do, and per-feature moments of the input are the costliest statistic."""
 
-LOOP_RECORDS = False
-"""Write a ``loop`` record after each step record (and at close, for the steps after the last one): how the
-training loop behaved (``clock.LoopFacts``; the shape is ``Watch._loop_record``'s). Off until
-``store.jsonl.read_log`` knows the kind: today it notes an unknown kind as a problem of the log."""
-
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -454,7 +449,8 @@ class Watch:
             layers=layers, params=params, optimizer=_optimizer_meta(optimizer),
             extra={"python": platform.python_version(), "device": str(self._params[0].device) if self._params
                    else "cpu", "update_sample": UPDATE_SAMPLE,
-                   "sharded": any(local(p) is not p for p in self._params)},
+                   "sharded": any(local(p) is not p for p in self._params),
+                   "mode_modules": _mode_modules(model)},
         )
 
     def _write_header(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> bool:
@@ -469,7 +465,7 @@ class Watch:
     def _finish(self) -> None:
         """At close: the open step, and the loop facts and checks of the steps after the last record."""
         self._clock.finish()
-        if LOOP_RECORDS and self._clock.loop.from_step <= self._clock.step:
+        if self._clock.loop.from_step <= self._clock.step:
             self._write(self._loop_record())
         values, checks = self._checks.take()
         if values is None:
@@ -717,8 +713,7 @@ class Watch:
             clip_norm=finite(math.sqrt(sum(v * v for v in clip))) if clip is not None else None)
         self._scaler.skipped_steps.clear()
         self._write(rec.to_dict())
-        if LOOP_RECORDS:
-            self._write(self._loop_record())
+        self._write(self._loop_record())
         if self._tb is not None:
             self._guard.run(Part.TENSORBOARD, self._tb.step, rec)
 
@@ -785,6 +780,26 @@ class Watch:
         warnings.warn(f"gradscope: first NaN/Inf at step {rec.step}{place}; see `gradscope report "
                       f"{self.logdir}`".encode("utf-8", "backslashreplace").decode("utf-8"),
                       GradscopeWarning, stacklevel=3)
+
+
+def _mode_modules(model: nn.Module) -> dict[str, int]:
+    """Modules whose forward differs between train and eval mode, counted by class name: dropout with p > 0,
+    batch norm with running statistics, RNNs and attention with dropout. The ``eval_mode_training`` rule reads
+    it: without such a module, training in eval mode changes nothing."""
+    out: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            on = m.p > 0
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            on = m.track_running_stats
+        elif isinstance(m, (nn.RNNBase, nn.MultiheadAttention)):
+            on = m.dropout > 0
+        else:
+            continue
+        if on:
+            name = type(m).__name__
+            out[name] = out.get(name, 0) + 1
+    return out
 
 
 def _init_moments(params: list[torch.nn.Parameter]) -> list[tuple[float | None, float | None]]:

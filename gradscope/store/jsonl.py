@@ -32,6 +32,7 @@ from gradscope.store.schema import (
     CloseRecord,
     Header,
     InputStats,
+    LoopRecord,
     MetricsRecord,
     NonFiniteRecord,
     StepRecord,
@@ -236,6 +237,7 @@ class RawLog:
     close: CloseRecord | None = None
     grad_norms: list[tuple[int, float | None]] = field(default_factory=list)   # steps after the last record
     problems: list[str] = field(default_factory=list)
+    loops: list[LoopRecord] = field(default_factory=list)   # ``loop`` records, in step order, not overlapping
 
     @cached_property
     def steps(self) -> list[StepRecord]:
@@ -320,7 +322,8 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
     ``MAX_DEPTH``, a value of the wrong type or range, rows of another size than the header says) is skipped
     with a problem naming ``path:line`` and why (a ``GradscopeWarning`` too, when ``warn``); every other
     record is read. Also problems, never merged silently: a second header, a step record whose step is not
-    after the previous one, a second close record, an unknown record kind (noted once per kind). ``problem``
+    after the previous one, a ``loop`` record overlapping the previous one, a second close record, an unknown
+    record kind (noted once per kind). ``problem``
     records (the watch caught a failure of its own) become problem lines too. Memory stays within a small
     multiple of the file's size: nothing is allocated from a size before the size is checked.
 
@@ -372,6 +375,13 @@ def read_log(path: str | os.PathLike[str], *, warn: bool = True) -> RawLog:
                     param_buf += pa
                     log.step_meta.append(meta)
                     last_step = s
+                elif kind == "loop":
+                    loop = validate.loop(d)
+                    if (log.loops and loop.from_step <= log.loops[-1].step) or last_step > validate.MAX_STEP:
+                        problems.append(f"{where}: loop record of steps {loop.from_step}..{loop.step} overlaps an "
+                                        "earlier one (or follows a second header); skipped")
+                        continue
+                    log.loops.append(loop)
                 elif kind == "metrics":
                     log.metrics.append(validate.metrics(d))
                 elif kind == "activations":

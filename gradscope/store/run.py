@@ -6,6 +6,7 @@ of a folder and merges ranks and TensorBoard scalars into it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from gradscope.store.schema import (
     Header,
     InputStats,
     LayerInfo,
+    LoopRecord,
     NonFiniteRecord,
     ParamInfo,
 )
@@ -40,6 +42,47 @@ class Series:
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
+
+
+@dataclass(frozen=True)
+class Loop:
+    """The training loop's own habits, from the log's ``loop`` records (``records`` is 0 when the log has
+    none: a writer older than them). Each record covers steps ``span[i, 0]..span[i, 1]``.
+
+    ``forwards``, ``eval_forwards``, ``grad_checks``: per record, the forward passes counted as (part of) a
+    step, those of them that ran in eval mode and were followed by a backward, and the backwards checked right
+    after an optimizer step (only with ``watch(..., optimizer=)``). ``eval_steps``: the steps with such an
+    eval-mode pass; ``stale_grad_steps``: the steps whose backward began with ``.grad`` still the unmodified
+    tensor the previous optimizer step used (no ``zero_grad()``)."""
+
+    span: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))         # (R, 2)
+    forwards: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))          # (R,)
+    eval_forwards: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))     # (R,)
+    grad_checks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))       # (R,)
+    eval_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # sorted
+    stale_grad_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted
+
+    @property
+    def records(self) -> int:
+        return int(self.span.shape[0])
+
+    @property
+    def n_steps(self) -> int:
+        """Steps the records cover."""
+        return int((self.span[:, 1] - self.span[:, 0] + 1).sum()) if self.records else 0
+
+
+def loop_from_records(records: Sequence[LoopRecord]) -> Loop:
+    """``Loop`` from the checked ``loop`` records of one log (in order, not overlapping)."""
+    def ints(xs: Sequence[int]) -> np.ndarray:
+        return np.array(xs, dtype=np.int64)
+
+    return Loop(span=np.array([(r.from_step, r.step) for r in records], dtype=np.int64).reshape(-1, 2),
+                forwards=ints([r.forwards for r in records]),
+                eval_forwards=ints([r.eval_forwards for r in records]),
+                grad_checks=ints([r.grad_checks for r in records]),
+                eval_steps=ints([s for r in records for s in r.eval_steps]),
+                stale_grad_steps=ints([s for r in records for s in r.stale_grad_steps]))
 
 
 @dataclass
@@ -66,6 +109,7 @@ class Run:
     completed: bool = False
     problems: list[str] = field(default_factory=list)
     ranks: int = 1
+    loop: Loop = field(default_factory=Loop)   # the loop's habits (``loop`` records; rank 0's in a merged run)
 
     @property
     def has_log(self) -> bool:
@@ -149,4 +193,5 @@ def run_from_log(raw: RawLog, *, name: str | None = None) -> Run:
         nonfinite=list(raw.nonfinite),
         completed=raw.close is not None,
         problems=list(raw.problems),
+        loop=loop_from_records(raw.loops),
     )

@@ -17,6 +17,8 @@ A log is JSON Lines, one record per line, each a JSON object with a ``kind``:
 ``nonfinite``    the first step and place where a NaN or Inf appeared.
 ``grad_norms``   total gradient norms of the steps after the last ``step`` record, written by ``close()``.
 ``close``        written by ``close()``; its absence means the run crashed or is still running.
+``loop``         how the training loop behaved over steps ``from_step``..``step`` (after each ``step`` record
+                 and at close): forwards counted, eval-mode training passes, ``.grad`` found not zeroed.
 
 Non-finite floats outside the packed rows are written as ``null`` so every line is strict JSON (``jq`` and
 browsers read it); the ``nonfinite`` counts and records say what they were. See docs/log-format.md.
@@ -279,6 +281,28 @@ class CloseRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CloseRecord:
         return cls(step=int(d.get("step", 0)), time=float(d.get("time", 0.0)), extra=dict(d.get("extra") or {}))
+
+
+@dataclass(frozen=True)
+class LoopRecord:
+    """How the training loop behaved over steps ``from_step``..``step`` (``measure.clock.LoopFacts``):
+    ``forwards`` counted as (part of) a step, ``eval_forwards`` of them in eval mode followed by a backward,
+    the steps with such a pass (``eval_steps``), ``grad_checks`` backwards checked right after an optimizer
+    step, and the steps whose ``.grad`` was then still the unmodified one that step used
+    (``stale_grad_steps``: ``zero_grad()`` missing)."""
+
+    step: int
+    from_step: int
+    forwards: int = 0
+    eval_forwards: int = 0
+    eval_steps: tuple[int, ...] = ()
+    grad_checks: int = 0
+    stale_grad_steps: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "loop", "step": self.step, "from_step": self.from_step, "forwards": self.forwards,
+                "eval_forwards": self.eval_forwards, "eval_steps": list(self.eval_steps),
+                "grad_checks": self.grad_checks, "stale_grad_steps": list(self.stale_grad_steps)}
 
 
 def _num(v: float | int | None) -> float | int | None:

@@ -27,6 +27,7 @@ from gradscope.store.schema import (
     Header,
     InputStats,
     LayerInfo,
+    LoopRecord,
     MetricsRecord,
     NonFiniteRecord,
     ParamInfo,
@@ -83,6 +84,11 @@ LOAD_MEMORY_BASE = 4 * 2**20
 holds; tests/store/test_reader.py holds it on crafted logs (measured worst: ~45×, 40,000 metric names in one
 record). Parsing one JSON line alone costs up to ~30× the line in Python objects, hence the factor; the base
 is what the first report of a process allocates whatever the log (~1.2 MB, mostly lazily imported rules)."""
+
+MAX_LOOP_STEPS = 2**16
+"""Most steps a ``loop`` record may list in ``eval_steps`` or ``stale_grad_steps``: the writer lists at most the
+steps between two step records (``every``, 20 by default); a longer list is damage, and refused before any of
+it is kept."""
 
 MAX_PROBLEMS = 50
 """Problem lines kept per file; later ones are only counted ("... and N more"). A log of a million damaged
@@ -320,6 +326,35 @@ def close(d: Mapping[str, Any]) -> CloseRecord:
     extra = d.get("extra")
     return CloseRecord(step=event_step(d.get("step", 0)), time=finite(d.get("time", 0.0), "time"),
                        extra={} if extra is None else free(obj(extra, "extra")))
+
+
+def loop(d: Mapping[str, Any]) -> LoopRecord:
+    """A ``loop`` record: ``from_step`` ≤ ``step``; ``eval_forwards`` ≤ ``forwards``; each step list strictly
+    increasing inside ``from_step..step``, at most ``MAX_LOOP_STEPS`` long and no longer than its count
+    (``eval_forwards``, ``grad_checks``). Unknown keys are ignored."""
+    last = step(d.get("step"))
+    first = step(d.get("from_step"), "from_step")
+    if first > last:
+        raise BadRecord(f"from_step: {first} is after step {last}")
+    forwards = integer(d.get("forwards", 0), "forwards")
+    evals = integer(d.get("eval_forwards", 0), "eval_forwards", 0, forwards)
+    checks = integer(d.get("grad_checks", 0), "grad_checks")
+    return LoopRecord(step=last, from_step=first, forwards=forwards, eval_forwards=evals,
+                      eval_steps=_steps_in(d.get("eval_steps", []), "eval_steps", first, last, evals),
+                      grad_checks=checks,
+                      stale_grad_steps=_steps_in(d.get("stale_grad_steps", []), "stale_grad_steps", first, last,
+                                                 checks))
+
+
+def _steps_in(v: Any, what: str, lo: int, hi: int, most: int) -> tuple[int, ...]:
+    xs = seq(v, what)
+    if len(xs) > min(most, MAX_LOOP_STEPS):
+        raise BadRecord(f"{what}: {len(xs)} steps, at most {min(most, MAX_LOOP_STEPS)}")
+    prev = lo - 1
+    for i, x in enumerate(xs):
+        integer(x, f"{what}[{i}]", prev + 1, hi)
+        prev = x
+    return tuple(xs)
 
 
 def activations(d: Mapping[str, Any]) -> dict[str, str]:

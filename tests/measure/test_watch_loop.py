@@ -1,6 +1,6 @@
 """The training loop's own habits (issue 12 groundwork, measure side): a loop that trains in eval mode still has
 its steps counted, and a loop that never zeroes its gradients is seen — both without a tensor op, written as
-``loop`` records (``watch.LOOP_RECORDS``, off until the reader knows the kind)."""
+``loop`` records, which the reader checks and hands to the rules as ``Run.loop``."""
 
 from __future__ import annotations
 
@@ -14,13 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
-from gradscope.measure import watch as watch_module
 from gradscope.store.jsonl import log_path, read_log
-
-
-@pytest.fixture
-def loop_records(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watch_module, "LOOP_RECORDS", True)
+from gradscope.store.load import load_run
 
 
 def _model() -> nn.Module:
@@ -37,7 +32,7 @@ def _merged(loops: list[dict[str, Any]], key: str) -> list[int]:
 
 
 @pytest.mark.parametrize("with_optimizer", [True, False])
-def test_a_loop_that_trains_in_eval_mode_is_counted_and_flagged(tmp_path: Path, loop_records: None,
+def test_a_loop_that_trains_in_eval_mode_is_counted_and_flagged(tmp_path: Path,
                                                                  with_optimizer: bool) -> None:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -49,7 +44,7 @@ def test_a_loop_that_trains_in_eval_mode_is_counted_and_flagged(tmp_path: Path, 
             F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
             opt.step()
         assert scope.step == 5
-    log = read_log(log_path(tmp_path), warn=False)   # today's reader notes the unknown kind
+    log = read_log(log_path(tmp_path))   # no problem (pytest makes a warning an error)
     assert [r.step for r in log.steps] == [0, 1, 2, 3, 4]
     assert all(r.grad_norm is not None and r.grad_norm > 0 for r in log.steps)
     loops = _loops(tmp_path)
@@ -58,7 +53,7 @@ def test_a_loop_that_trains_in_eval_mode_is_counted_and_flagged(tmp_path: Path, 
     assert [(r["from_step"], r["step"]) for r in loops] == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
 
 
-def test_eval_passes_without_backward_change_nothing(tmp_path: Path, loop_records: None) -> None:
+def test_eval_passes_without_backward_change_nothing(tmp_path: Path) -> None:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt):
@@ -69,7 +64,7 @@ def test_eval_passes_without_backward_change_nothing(tmp_path: Path, loop_record
             opt.step()
             model.eval()
             model(torch.randn(8, 4))               # validation without no_grad: still not a step
-    log = read_log(log_path(tmp_path), warn=False)   # today's reader notes the unknown kind
+    log = read_log(log_path(tmp_path))
     assert [r.step for r in log.steps] == [0, 1, 2, 3]
     assert all(r.layers[0][0] == 8 * 16 for r in log.steps)   # the validation pass is not in the statistics
     loops = _loops(tmp_path)
@@ -104,18 +99,32 @@ def _train(model: nn.Module, logdir: Path, zero: str, steps: int = 5) -> list[di
 
 
 @pytest.mark.parametrize("zero", ["none", "zeros", "after_forward", "l2", "accumulate"])
-def test_zeroed_gradients_are_never_called_stale(tmp_path: Path, loop_records: None, zero: str) -> None:
+def test_zeroed_gradients_are_never_called_stale(tmp_path: Path, zero: str) -> None:
     loops = _train(_model(), tmp_path, zero)
     assert _merged(loops, "stale_grad_steps") == []
     assert sum(r["grad_checks"] for r in loops) == 4          # every backward that followed an optimizer step
 
 
-def test_a_loop_without_zero_grad_is_seen(tmp_path: Path, loop_records: None) -> None:
+def test_a_loop_without_zero_grad_is_seen(tmp_path: Path) -> None:
     loops = _train(_model(), tmp_path, "never")
     assert _merged(loops, "stale_grad_steps") == [1, 2, 3, 4]   # step 0 had nothing to zero
 
 
-def test_no_loop_record_until_the_reader_knows_the_kind(tmp_path: Path) -> None:
+def test_the_reader_hands_the_loop_facts_to_the_run(tmp_path: Path) -> None:
     _train(_model(), tmp_path, "never")
-    assert _loops(tmp_path) == []
-    read_log(log_path(tmp_path))   # and the log reads without a problem (pytest makes a warning an error)
+    run = load_run(tmp_path)   # no problem: pytest makes a warning an error
+    assert not run.problems
+    assert run.loop.records == 5 and run.loop.n_steps == 5
+    assert run.loop.stale_grad_steps.tolist() == [1, 2, 3, 4] and int(run.loop.grad_checks.sum()) == 4
+    assert run.loop.eval_steps.tolist() == [] and int(run.loop.forwards.sum()) == 5
+    assert run.header is not None and run.header.extra["mode_modules"] == {"Dropout": 1}
+
+
+def test_the_header_counts_modules_that_differ_in_eval_mode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.Dropout(0.0), nn.Flatten(), nn.Linear(12, 2),
+                          nn.BatchNorm1d(2, track_running_stats=False))
+    with gradscope.watch(model, tmp_path, tensorboard=False):
+        model(torch.randn(4, 2, 5)).sum().backward()
+    header = json.loads(log_path(tmp_path).read_text().splitlines()[0])
+    assert header["extra"]["mode_modules"] == {"BatchNorm1d": 1}   # p=0 dropout and stat-less BN act the same

@@ -67,7 +67,8 @@ def real_log(tmp_path_factory: pytest.TempPathFactory) -> bytes:
              {"kind": "problem", "step": 8, "where": "backward hook of 2", "message": "RuntimeError: boom"}]
     data = b"".join(lines[:-1] + [json.dumps(r).encode() + b"\n" for r in extra] + lines[-1:])
     kinds = {json.loads(ln)["kind"] for ln in data.splitlines()}
-    assert kinds == {"header", "activations", "step", "metrics", "nonfinite", "problem", "grad_norms", "close"}
+    assert kinds == {"header", "activations", "step", "loop", "metrics", "nonfinite", "problem", "grad_norms",
+                     "close"}
     return data
 
 
