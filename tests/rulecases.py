@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradscope.store.run import Run, Series
+from gradscope.store.run import Loop, Run, Series
 from gradscope.store.schema import SATURATING_ACTIVATIONS, Header, InputStats, LayerInfo, NonFiniteRecord, ParamInfo
 
 BATCH = 32
@@ -120,6 +120,11 @@ def healthy_run(layers: list[L] | None = None, *, n: int = 60, every: int = 1, s
     run = Run(name="case", path=Path("."), header=header, layers=tuple(infos), params=tuple(params), steps=steps,
               layer_stats=ls, param_stats=ps, grad_norm=gtot, all_steps=all_steps, all_grad_norm=all_gn,
               lr=[(lr,)] * n, skipped=np.zeros(n, dtype=bool), completed=True)
+    # The loop records the watch writes (issue 12): train mode, gradients zeroed, one backward per step.
+    span = np.stack([np.concatenate([[0], steps[:-1] + 1]), steps], axis=1).astype(np.int64)
+    covered = span[:, 1] - span[:, 0] + 1
+    run.loop = Loop(span=span, forwards=covered, eval_forwards=np.zeros(n, dtype=np.int64),
+                    grad_checks=covered - (span[:, 0] == 0))
     if inputs:
         run.inputs = [(int(s), InputStats(mean=float(rng.normal(0, 0.02)), std=float(rng.uniform(0.95, 1.05)),
                                           min=-3.5, max=3.5, count=BATCH * layers[0].fan_in,

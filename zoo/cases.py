@@ -1749,6 +1749,160 @@ def _u_healthy_frozen_pos(logdir: Path) -> None:
     fit(m, opt, token_sequences(800, 12, seed=55), logdir, epochs=5, batch=32, seed=55, scheduler=_from_zero(20))
 
 
+# ---------------------------------------------------------------- issue 12: the loop's own habits (loop records)
+def fit_habit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, *, epochs: int, batch: int,
+              every: int = 5, seed: int = 0, zero_grad: bool = True, train_each_epoch: bool = True,
+              frozen_bn: str = "", pass_optimizer: bool = True) -> None:
+    """``fit``'s classification loop with one habit of the loop changed, as users get it wrong (or do on purpose).
+
+    ``zero_grad=False``: ``opt.zero_grad()`` is never called (gradients pile up). ``train_each_epoch=False``:
+    ``model.train()`` is called once, before the first epoch, so the validation's ``model.eval()`` stays on from
+    the second epoch. ``frozen_bn``: batch norm frozen on purpose (its parameters ``requires_grad_(False)``):
+    ``"bn_eval"`` puts the model in train mode and only the batch-norm layers in eval mode each epoch,
+    ``"model_eval"`` keeps the whole model in eval mode throughout."""
+    g = torch.Generator().manual_seed(seed)
+    n = data.x_train.shape[0]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradscopeWarning)
+        with gradscope.watch(model, logdir, every=every, tensorboard=False,
+                             optimizer=opt if pass_optimizer else None) as scope:
+            model.train()
+            for _ in range(epochs):
+                if frozen_bn == "model_eval":
+                    model.eval()
+                elif train_each_epoch:
+                    model.train()
+                if frozen_bn == "bn_eval":
+                    for m in bns:
+                        m.eval()
+                perm = torch.randperm(n, generator=g)
+                tot, correct = 0.0, 0
+                for i in range(0, n, batch):
+                    idx = perm[i:i + batch]
+                    out = model(data.x_train[idx])
+                    loss = F.cross_entropy(out, data.y_train[idx])
+                    if zero_grad:
+                        opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    tot += float(loss.detach()) * len(idx)
+                    correct += int((out.detach().argmax(1) == data.y_train[idx]).sum())
+                model.eval()
+                with torch.no_grad():
+                    vout = model(data.x_val)
+                    scope.log(val_loss=float(F.cross_entropy(vout, data.y_val)),
+                              val_acc=float((vout.argmax(1) == data.y_val).float().mean()), train_acc=correct / n,
+                              train_loss=tot / n)
+
+
+def _freeze_bn(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.requires_grad_(False)
+    return model
+
+
+@case("loop_no_zero_grad", "ReLU MLP 64-128-64-10 on standardized digits, plain SGD 0.01, and a loop that never "
+      "calls optimizer.zero_grad(): every step follows the sum of all earlier gradients.",
+      must=(C.GRAD_NOT_ZEROED,), may=(C.DIVERGENCE, C.EXPLODING_GRADIENTS, C.UNSTABLE_LOSS, C.LEARNING_RATE,
+                                       C.UNDERFITTING),
+      fixes={C.GRAD_NOT_ZEROED: (K.TRAINING_LOOP,)},
+      arch="MLP", optimizer="SGD", data="digits")
+def _loop_no_zero_grad(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10])
+    fit_habit(m, torch.optim.SGD(m.parameters(), 0.01), digits(seed=60), logdir, epochs=6, batch=64, seed=60,
+              zero_grad=False)
+
+
+@case("healthy_grad_accumulation_adam", "ReLU MLP 64-128-64-10 on standardized digits, Adam 1e-3, gradient "
+      "accumulation over 4 micro-batches of 16 (zero_grad after each optimizer step), watched with optimizer=.",
+      arch="MLP", optimizer="Adam", data="digits")
+def _healthy_accum_adam(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10])
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(seed=61), logdir, epochs=6, batch=16, accumulate=4,
+        seed=61)
+
+
+@case("healthy_grad_accumulation_no_optimizer", "ReLU MLP 64-128-64-10 on standardized digits, SGD+momentum 0.05, "
+      "gradient accumulation over 4 micro-batches of 16, watched without optimizer= (a step is one backward).",
+      arch="MLP", optimizer="SGD+momentum", data="digits")
+def _healthy_accum_no_opt(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10])
+    fit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(seed=62), logdir, epochs=6, batch=16,
+        accumulate=4, seed=62, pass_optimizer=False)
+
+
+@case("loop_eval_mode_after_validation", "ReLU MLP 64-128-64-10 with Dropout 0.3 on standardized digits, Adam 1e-3; "
+      "model.train() is called once before the loop, so the validation's model.eval() stays on from the second of "
+      "8 epochs: dropout is off for 7/8 of training.",
+      must=(C.EVAL_MODE_TRAINING,), may=(C.OVERFITTING,),
+      fixes={C.EVAL_MODE_TRAINING: (K.TRAINING_LOOP,)},
+      arch="MLP", optimizer="Adam", data="digits")
+def _loop_eval_mode(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10], dropout=0.3)
+    fit_habit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(seed=63), logdir, epochs=8, batch=64, seed=63,
+              train_each_epoch=False)
+
+
+@case("healthy_frozen_batchnorm_finetune", "CNN with BatchNorm on digit images, fine-tuned with batch norm frozen "
+      "on purpose: its parameters requires_grad_(False), the model in train mode and only the BatchNorm layers in "
+      "eval mode each epoch; SGD+momentum 0.05.",
+      arch="CNN (BatchNorm)", optimizer="SGD+momentum", data="digits")
+def _healthy_frozen_bn(logdir: Path) -> None:
+    m = _freeze_bn(DigitsCNN(8, 16, bn=True))
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], 0.05, momentum=0.9)
+    fit_habit(m, opt, digits(image=True, seed=64), logdir, epochs=5, batch=64, seed=64, frozen_bn="bn_eval")
+
+
+@case("healthy_frozen_batchnorm_model_eval", "CNN with BatchNorm on digit images, fine-tuned with batch norm frozen "
+      "on purpose the blunt way: its parameters requires_grad_(False) and the whole model kept in eval mode (no "
+      "dropout); SGD+momentum 0.05. eval_mode_training may say so at info, never warn.",
+      arch="CNN (BatchNorm)", optimizer="SGD+momentum", data="digits")
+def _healthy_frozen_bn_eval(logdir: Path) -> None:
+    m = _freeze_bn(DigitsCNN(8, 16, bn=True))
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], 0.05, momentum=0.9)
+    fit_habit(m, opt, digits(image=True, seed=65), logdir, epochs=5, batch=64, seed=65, frozen_bn="model_eval")
+
+
+@case("holdout_loop_no_zero_grad_cnn_adam", "CNN on digit images, Adam 1e-3, a loop that never calls "
+      "optimizer.zero_grad(). Written before its first run: the piled-up gradient grows every step, so exploding "
+      "gradients, an unstable loss, a learning-rate finding, divergence or underfitting would all be true of it. "
+      "Relabelled after its first run (grad_not_zeroed fired as it should): overfitting fired too, high variance "
+      "from a validation error of 37% against a running train error of 23.5%; the piled-up gradient leaves the "
+      "end-of-epoch weights worse than the epoch's average, so that gap is measured and true of this run "
+      "(allowed), though its cause is the loop, not the data.",
+      must=(C.GRAD_NOT_ZEROED,), may=(C.EXPLODING_GRADIENTS, C.UNSTABLE_LOSS, C.LEARNING_RATE, C.DIVERGENCE,
+                                       C.UNDERFITTING, C.OVERFITTING),
+      fixes={C.GRAD_NOT_ZEROED: (K.TRAINING_LOOP,)},
+      holdout=True, arch="CNN", optimizer="Adam", data="digits")
+def _holdout_no_zero_grad_cnn(logdir: Path) -> None:
+    m = DigitsCNN(8, 16)
+    fit_habit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(image=True, seed=66), logdir, epochs=5, batch=64,
+              seed=66, zero_grad=False)
+
+
+@case("holdout_loop_eval_mode_bn_cnn", "CNN with BatchNorm on digit images, SGD+momentum 0.05, model.train() called "
+      "once before the loop: from the second of 6 epochs it trains in eval mode (batch norm on running "
+      "statistics). Written before its first run; an unstable loss or overfitting would be true of it.",
+      must=(C.EVAL_MODE_TRAINING,), may=(C.UNSTABLE_LOSS, C.OVERFITTING),
+      fixes={C.EVAL_MODE_TRAINING: (K.TRAINING_LOOP,)},
+      holdout=True, arch="CNN (BatchNorm)", optimizer="SGD+momentum", data="digits")
+def _holdout_eval_mode_bn(logdir: Path) -> None:
+    m = DigitsCNN(8, 16, bn=True)
+    fit_habit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(image=True, seed=67), logdir,
+              epochs=6, batch=64, seed=67, train_each_epoch=False)
+
+
+@case("holdout_healthy_dropout_accumulation_rmsprop", "ReLU MLP with Dropout 0.2 on standardized wine, RMSprop 1e-3, "
+      "gradient accumulation over 2 micro-batches of 16, model.train() every epoch. Written before its first run.",
+      holdout=True, arch="MLP (Dropout)", optimizer="RMSprop", data="wine")
+def _holdout_healthy_dropout_accum(logdir: Path) -> None:
+    m = mlp([13, 64, 64, 3], dropout=0.2)
+    fit(m, torch.optim.RMSprop(m.parameters(), 1e-3), wine(seed=68), logdir, epochs=20, batch=16, accumulate=2,
+        seed=68)
+
+
 # The indexes over every case, rebuilt after the cases appended below their first definition above (issue 11's
 # and issue 12's cases): keep this block at the end of the file, below the last case.
 CALIBRATION = [c for c in CASES if not c.holdout]

@@ -52,6 +52,8 @@ class Code(str, Enum):
     PARAM_NOT_UPDATED = "param_not_updated"
     NO_GRADIENT = "no_gradient"
     LR_PLATEAU = "lr_plateau"
+    GRAD_NOT_ZEROED = "grad_not_zeroed"
+    EVAL_MODE_TRAINING = "eval_mode_training"
 
 
 @dataclass(frozen=True)

@@ -443,6 +443,24 @@ class Thresholds:
     """The ``ReduceLROnPlateau`` patience a fix suggests, as a fraction of the evaluations the loss was flat for:
     half, so the scheduler would have lowered the learning rate within the plateau this run had."""
 
+    loop_min_steps: int = 3
+    """Steps the ``loop`` records must cover (and, for ``grad_not_zeroed``, backwards checked right after an
+    optimizer step) before a loop-habit rule judges: like ``min_recorded_steps``, one or two steps show no
+    habit."""
+
+    grad_not_zeroed_fraction: float = 0.5
+    """Fraction of the checked backwards (the first one after each optimizer step) that found ``.grad`` still the
+    unmodified tensor that step used, from which ``grad_not_zeroed`` fires: "most steps". The check cannot accuse
+    wrongly (``zero_grad()`` sets ``.grad`` to None or zeroes it in place, either way it is no longer that
+    tensor), so the fraction only sets how habitual the miss must be: a loop that never zeroes is at 100 %
+    (every step after the first), gradient accumulation that zeroes after each optimizer step at 0 % (gradscope zoo)."""
+
+    eval_mode_fraction: float = 0.5
+    """Fraction of the training steps the ``loop`` records cover whose forward ran in eval mode (and was followed
+    by a backward), from which ``eval_mode_training`` fires: "most steps". A loop that calls ``model.eval()`` for
+    validation and never ``model.train()`` again trains in eval mode from its second epoch on (88 % of the steps
+    over 8 epochs); a correct loop has 0 % (gradscope zoo)."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))

@@ -7,6 +7,13 @@ loss).
 - ``no_gradient``: a layer runs in the training forward pass but its trainable parameters never get a gradient
   (it is off the loss path: ``.detach()``, ``.data``, a branch the loss never uses).
 - ``lr_plateau``: the loss stopped improving while the learning rate stayed where it was (no schedule).
+
+And from the ``loop`` records the watch writes (``Run.loop``: how the loop itself behaved, counted on the host):
+
+- ``grad_not_zeroed``: ``optimizer.zero_grad()`` is missing; every backward adds to the gradients of all the
+  steps before.
+- ``eval_mode_training``: the model trains in eval mode (``model.eval()`` left on after validation), so dropout is
+  off and batch norm normalizes with its running statistics.
 """
 
 from __future__ import annotations
@@ -512,11 +519,204 @@ def lr_plateau_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     return fixes
 
 
+# ----------------------------------------------------------------------------------- the loop's own habits
+
+def _no_loop_records(run: Run, th: Thresholds) -> str | None:
+    if run.loop.records == 0 or run.loop.n_steps == 0:
+        return "the log has no loop records (written by gradscope since issue 12's loop checks)"
+    if run.loop.n_steps < th.loop_min_steps:
+        return f"the loop records cover {run.loop.n_steps} step(s); needs {th.loop_min_steps}"
+    return None
+
+
+LOOP_RECORDS = Need("``loop`` records covering at least ``loop_min_steps`` steps", _no_loop_records)
+
+
+def _no_grad_checks(run: Run, th: Thresholds) -> str | None:
+    checks = int(run.loop.grad_checks.sum())
+    if checks == 0:
+        return ("no gradient checks: they run right after an optimizer step, pass the optimizer, "
+                "gradscope.watch(model, optimizer=opt)")
+    if checks < th.loop_min_steps:
+        return f"only {checks} gradient check(s); needs {th.loop_min_steps}"
+    return None
+
+
+GRAD_CHECKS = Need("gradient checks after optimizer steps (``watch(..., optimizer=)``), at least "
+                   "``loop_min_steps``", _no_grad_checks)
+
+
+def _ends(steps: np.ndarray) -> tuple[int, int] | None:
+    return (int(steps[0]), int(steps[-1])) if steps.size else None
+
+
+def grad_not_zeroed(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """The gradients are never zeroed between optimizer steps: each step follows the sum of all earlier gradients.
+
+    Symptom: the total gradient norm grows step after step (it is the running sum of every step's gradient),
+    training is unstable or diverges, or, with an adaptive optimizer, crawls along the first steps' directions.
+
+    Detected when, of the backwards checked (the first backward after each optimizer step, with
+    ``watch(..., optimizer=)``), at least ``grad_not_zeroed_fraction`` found ``.grad`` still the very tensor the
+    previous optimizer step used, unmodified, and at least ``loop_min_steps`` were checked. The check is a
+    host-side identity and version test (no tensor op): ``optimizer.zero_grad()`` sets ``.grad`` to None or
+    zeroes it in place, and either way it is no longer that tensor; a check that cannot tell (a loss term that
+    already accumulated into ``.grad``) counts as zeroed, so the rule can miss, never accuse wrongly. Gradient
+    accumulation over micro-batches is a step per optimizer step and zeroes after it: not flagged. Without
+    ``optimizer=`` there are no checks ("not evaluated").
+
+    Confidence: the fraction of checked backwards that were stale.
+
+    Why it matters: ``loss.backward()`` adds into ``.grad``; without zeroing, step t uses g_1 + … + g_t, so the
+    effective learning rate grows with t and old gradients keep pushing after the weights moved on.
+
+    Fixes: ``optimizer.zero_grad()`` (``set_to_none=True``, the default) before each backward; or, when
+    accumulating on purpose, step and zero once every k micro-batches and divide the loss by k.
+    """
+    code = Code.GRAD_NOT_ZEROED
+    lp = run.loop
+    checks = int(lp.grad_checks.sum())
+    stale = lp.stale_grad_steps
+    if checks <= 0:
+        return []
+    frac = min(1.0, stale.size / checks)
+    if frac < th.grad_not_zeroed_fraction:
+        return []
+    steps = _ends(stale)
+    msg = (f".grad was not zeroed before {stale.size} of {checks} checked backwards ({pct(frac)}; "
+           f"{fmt_steps(steps) if steps else 'no step'}): each backward after an optimizer step added to the "
+           f"gradient that step had already used (threshold {pct(th.grad_not_zeroed_fraction)} of the checks)")
+    evidence = {"stale_steps": int(stale.size), "checked": checks, "fraction": frac,
+                "first_stale_step": steps[0] if steps else None, "threshold": th.grad_not_zeroed_fraction}
+    return [Finding(code, Severity.WARNING, "Gradients are not zeroed between optimizer steps", msg, steps=steps,
+                    evidence=evidence, confidence=frac)]
+
+
+def grad_not_zeroed_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    return [
+        Fix(FixKind.TRAINING_LOOP,
+            "Zero the gradients before each backward: optimizer.zero_grad() (set_to_none=True, the default)",
+            "# first thing in every training step, before the forward pass and loss.backward():\n"
+            "optimizer.zero_grad(set_to_none=True)"),
+        Fix(FixKind.TRAINING_LOOP,
+            "If you accumulate gradients on purpose: step and zero once every k micro-batches, and divide the loss "
+            "by k",
+            "# accumulating k micro-batches on purpose: divide each micro-batch's loss by k before loss.backward(),\n"
+            "# and after every k-th micro-batch only:\n"
+            "optimizer.step()\n"
+            "optimizer.zero_grad(set_to_none=True)"),
+    ]
+
+
+def _mode_modules(run: Run) -> dict[str, int]:
+    """Modules that act differently in eval mode, by class name: the header's ``extra["mode_modules"]`` (the
+    watch counts dropout with p > 0, batch norm with running statistics, RNNs/attention with dropout), or, in
+    a log without it, the watched layers whose type is a batch norm (dropout has no parameters, so it is no
+    watched layer)."""
+    h = run.header
+    got = h.extra.get("mode_modules") if h is not None else None
+    if isinstance(got, dict):
+        return {str(k): int(v) for k, v in got.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    out: dict[str, int] = {}
+    for la in run.layers:
+        if "batchnorm" in la.type.lower():
+            out[la.type] = out.get(la.type, 0) + 1
+    return out
+
+
+def _frozen_batchnorm_only(run: Run, modes: dict[str, int]) -> bool:
+    """Every mode-dependent module is a batch norm, and no batch-norm layer has a trainable parameter: the
+    shape of fine-tuning with batch norm frozen on purpose."""
+    if not modes or not all("batchnorm" in k.lower() for k in modes):
+        return False
+    trainable = {p.name for p in run.params}
+    return not any(p in trainable for la in run.layers if "batchnorm" in la.type.lower() for p in la.params)
+
+
+@dataclass(frozen=True)
+class EvalModeDetail:
+    """What ``eval_mode_training`` hands its fixes: whether the run looks like frozen batch norm on purpose."""
+
+    frozen_bn: bool = False
+
+
+def eval_mode_training(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """The model trains in eval mode: ``model.eval()`` was left on (after validation), so dropout is off and batch
+    norm normalizes with stale running statistics while the weights are trained.
+
+    Symptom: the first epoch trains normally, later ones overfit faster (no dropout) or drift (batch norm's
+    running statistics no longer follow the weights, and its affine parameters are trained against them);
+    validation right after training looks no different, because validation is in eval mode anyway.
+
+    Detected when at least ``eval_mode_fraction`` of the steps the ``loop`` records cover (at least
+    ``loop_min_steps``) had a training forward pass of the root module in eval mode that a backward followed,
+    and the model has a module that acts differently in eval mode (the header's ``mode_modules``: dropout with
+    p > 0, batch norm with running statistics, RNNs/attention with dropout; without one, eval mode changes
+    nothing and the rule says nothing). Only the root module's mode is checked: a model in train mode with only
+    its batch-norm layers in eval (``model.train()`` then ``bn.eval()`` on each) is not flagged at all — that is
+    how to mark batch norm frozen on purpose. A model trained entirely in eval mode whose only mode-dependent
+    modules are batch norms with no trainable parameter (frozen-BN fine-tuning) is reported at info only.
+
+    Confidence: the fraction of covered steps trained in eval mode.
+
+    Why it matters: dropout is part of the model being trained (off, the network co-adapts and overfits), and
+    batch norm in eval mode neither normalizes with the batch's statistics nor updates its running ones, so the
+    layer trains against numbers that no longer describe its input.
+
+    Fixes: ``model.train()`` at the top of every training epoch (after the validation's ``model.eval()``); if
+    batch norm is to stay frozen, put the model in train mode and only the batch-norm layers in eval mode.
+    """
+    code = Code.EVAL_MODE_TRAINING
+    lp = run.loop
+    covered = lp.n_steps
+    modes = _mode_modules(run)
+    if covered <= 0 or not modes:
+        return []
+    evals = lp.eval_steps
+    frac = min(1.0, evals.size / covered)
+    if frac < th.eval_mode_fraction:
+        return []
+    frozen = _frozen_batchnorm_only(run, modes)
+    steps = _ends(evals)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(modes.items()))
+    msg = (f"{evals.size} of {covered} training steps ({pct(frac)}; {fmt_steps(steps) if steps else 'no step'}) "
+           f"ran their forward pass with the model in eval mode, and it has modules that act differently then "
+           f"({kinds}) (threshold {pct(th.eval_mode_fraction)} of the steps)")
+    if frozen:
+        msg += ("; every one is a batch norm without trainable parameters, as in fine-tuning with batch norm "
+                "frozen on purpose (then mark it so: model.train() and .eval() on the batch-norm layers only)")
+    evidence = {"eval_steps": int(evals.size), "steps": covered, "fraction": frac, "mode_modules": modes,
+                "eval_forwards": int(lp.eval_forwards.sum()), "forwards": int(lp.forwards.sum()),
+                "frozen_batchnorm": frozen, "threshold": th.eval_mode_fraction}
+    return [Finding(code, Severity.INFO if frozen else Severity.WARNING, "The model trains in eval mode", msg,
+                    steps=steps, evidence=evidence, confidence=frac, detail=EvalModeDetail(frozen))]
+
+
+def eval_mode_training_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    return [
+        Fix(FixKind.TRAINING_LOOP,
+            "Put the model back in train mode at the top of every training epoch (validation's model.eval() "
+            "stays on otherwise)",
+            "# at the top of every training epoch, after the validation's model.eval() and torch.no_grad():\n"
+            "model.train()"),
+        Fix(FixKind.TRAINING_LOOP,
+            "If batch norm is to stay frozen on purpose: keep the model in train mode and put only the batch-norm "
+            "layers in eval mode (after every model.train())",
+            "model.train()\n"
+            "for m in model.modules():\n"
+            "    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):\n"
+            "        torch.nn.Module.train(m, False)   # m.eval()"),
+    ]
+
+
 RULES = (
     Rule(Code.PARAM_NOT_UPDATED, param_not_updated, param_not_updated_fixes, "loop",
          needs=(LOG, STEPS, param_stat("update_ratio"), param_stat("grad_norm"))),
     Rule(Code.NO_GRADIENT, no_gradient, no_gradient_fixes, "loop",
          needs=(LOG, STEPS, param_stat("grad_norm"), layer_stat("calls"))),
     Rule(Code.LR_PLATEAU, lr_plateau, lr_plateau_fixes, "loop", needs=(LOG, RECORDED_LR, LOSS_CURVE)),
+    Rule(Code.GRAD_NOT_ZEROED, grad_not_zeroed, grad_not_zeroed_fixes, "loop",
+         needs=(LOG, LOOP_RECORDS, GRAD_CHECKS)),
+    Rule(Code.EVAL_MODE_TRAINING, eval_mode_training, eval_mode_training_fixes, "loop", needs=(LOG, LOOP_RECORDS)),
 )
 """This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""
