@@ -1752,14 +1752,18 @@ def _u_healthy_frozen_pos(logdir: Path) -> None:
 # ---------------------------------------------------------------- issue 12: the loop's own habits (loop records)
 def fit_habit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, *, epochs: int, batch: int,
               every: int = 5, seed: int = 0, zero_grad: bool = True, train_each_epoch: bool = True,
-              frozen_bn: str = "", pass_optimizer: bool = True) -> None:
+              frozen_bn: str = "", pass_optimizer: bool = True, val_mode: str = "eval") -> None:
     """``fit``'s classification loop with one habit of the loop changed, as users get it wrong (or do on purpose).
 
     ``zero_grad=False``: ``opt.zero_grad()`` is never called (gradients pile up). ``train_each_epoch=False``:
     ``model.train()`` is called once, before the first epoch, so the validation's ``model.eval()`` stays on from
     the second epoch. ``frozen_bn``: batch norm frozen on purpose (its parameters ``requires_grad_(False)``):
     ``"bn_eval"`` puts the model in train mode and only the batch-norm layers in eval mode each epoch,
-    ``"model_eval"`` keeps the whole model in eval mode throughout."""
+    ``"model_eval"`` keeps the whole model in eval mode throughout. ``val_mode``: ``"eval"`` validates after
+    ``model.eval()``; ``"train"`` forgets it (validation under ``no_grad`` in train mode); ``"mc"`` samples the
+    validation set 10 times with the whole model in train mode and averages the probabilities (Monte Carlo
+    dropout, the blunt way); ``"mc_marked"`` does the same with the model in eval mode and only its dropout
+    layers in train mode."""
     g = torch.Generator().manual_seed(seed)
     n = data.x_train.shape[0]
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -1788,9 +1792,19 @@ def fit_habit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: 
                     opt.step()
                     tot += float(loss.detach()) * len(idx)
                     correct += int((out.detach().argmax(1) == data.y_train[idx]).sum())
-                model.eval()
+                if val_mode != "train":
+                    model.eval()
+                if val_mode == "mc_marked":
+                    for m in model.modules():
+                        if isinstance(m, nn.modules.dropout._DropoutNd):
+                            m.train()
+                elif val_mode == "mc":
+                    model.train()
                 with torch.no_grad():
-                    vout = model(data.x_val)
+                    if val_mode in ("mc", "mc_marked"):
+                        vout = torch.stack([model(data.x_val).softmax(1) for _ in range(10)]).mean(0).log()
+                    else:
+                        vout = model(data.x_val)
                     scope.log(val_loss=float(F.cross_entropy(vout, data.y_val)),
                               val_acc=float((vout.argmax(1) == data.y_val).float().mean()), train_acc=correct / n,
                               train_loss=tot / n)
@@ -1901,6 +1915,53 @@ def _holdout_healthy_dropout_accum(logdir: Path) -> None:
     m = mlp([13, 64, 64, 3], dropout=0.2)
     fit(m, torch.optim.RMSprop(m.parameters(), 1e-3), wine(seed=68), logdir, epochs=20, batch=16, accumulate=2,
         seed=68)
+
+
+@case("loop_validation_in_train_mode", "CNN with BatchNorm on digit images, SGD+momentum 0.05, 6 epochs; the "
+      "validation runs under torch.no_grad() but without model.eval(): batch norm normalizes the validation set "
+      "with its own statistics and folds them into its running ones.",
+      must=(C.TRAIN_MODE_EVAL,),
+      fixes={C.TRAIN_MODE_EVAL: (K.TRAINING_LOOP,)},
+      arch="CNN (BatchNorm)", optimizer="SGD+momentum", data="digits")
+def _loop_val_train_mode(logdir: Path) -> None:
+    m = DigitsCNN(8, 16, bn=True)
+    fit_habit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(image=True, seed=69), logdir,
+              epochs=6, batch=64, seed=69, val_mode="train")
+
+
+@case("healthy_mc_dropout_validation", "ReLU MLP 64-128-64-10 with Dropout 0.3 on standardized digits, Adam 1e-3; "
+      "validation is Monte Carlo dropout on purpose, the blunt way: the whole model in train mode under "
+      "torch.no_grad(), the validation set sampled 10 times and the probabilities averaged. train_mode_eval may "
+      "say so at info, never warn.",
+      arch="MLP (Dropout)", optimizer="Adam", data="digits")
+def _healthy_mc_dropout(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10], dropout=0.3)
+    fit_habit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(seed=70), logdir, epochs=6, batch=64, seed=70,
+              val_mode="mc")
+
+
+@case("holdout_loop_validation_in_train_mode_mlp", "ReLU MLP with BatchNorm and Dropout 0.3 on standardized wine, "
+      "Adam 2e-3, 20 epochs; validation under torch.no_grad() without model.eval(). Written before its first run: "
+      "validating with dropout on makes the validation error worse than the model's, so overfitting would be "
+      "true of the measured curves.",
+      must=(C.TRAIN_MODE_EVAL,), may=(C.OVERFITTING,),
+      fixes={C.TRAIN_MODE_EVAL: (K.TRAINING_LOOP,)},
+      holdout=True, arch="MLP (BatchNorm, Dropout)", optimizer="Adam", data="wine")
+def _holdout_val_train_mode(logdir: Path) -> None:
+    m = mlp([13, 64, 64, 3], bn=True, dropout=0.3)
+    fit_habit(m, torch.optim.Adam(m.parameters(), 2e-3), wine(seed=71), logdir, epochs=20, batch=16, seed=71,
+              val_mode="train")
+
+
+@case("holdout_healthy_mc_dropout_marked_bn", "ReLU MLP 64-128-64-10 with BatchNorm and Dropout 0.2 on "
+      "standardized digits, SGD+momentum 0.05; Monte Carlo dropout validation marked the recommended way: "
+      "model.eval() and only the Dropout layers back in train mode, 10 samples under torch.no_grad(). Written "
+      "before its first run.",
+      holdout=True, arch="MLP (BatchNorm, Dropout)", optimizer="SGD+momentum", data="digits")
+def _holdout_healthy_mc_marked(logdir: Path) -> None:
+    m = mlp([64, 128, 64, 10], bn=True, dropout=0.2)
+    fit_habit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(seed=72), logdir, epochs=6,
+              batch=64, seed=72, val_mode="mc_marked")
 
 
 # The indexes over every case, rebuilt after the cases appended below their first definition above (issue 11's

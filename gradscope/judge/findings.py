@@ -54,6 +54,7 @@ class Code(str, Enum):
     LR_PLATEAU = "lr_plateau"
     GRAD_NOT_ZEROED = "grad_not_zeroed"
     EVAL_MODE_TRAINING = "eval_mode_training"
+    TRAIN_MODE_EVAL = "train_mode_eval"
 
 
 @dataclass(frozen=True)

@@ -461,6 +461,17 @@ class Thresholds:
     validation and never ``model.train()`` again trains in eval mode from its second epoch on (88 % of the steps
     over 8 epochs); a correct loop has 0 % (gradscope zoo)."""
 
+    train_mode_eval_min_forwards: int = 3
+    """Root forward passes in train mode with grad disabled (``torch.no_grad()``/``inference_mode`` without
+    ``model.eval()``) from which ``train_mode_eval`` judges: a validation forgotten in train mode repeats every
+    evaluation (once per epoch at least), while one or two such passes can be a one-off (a summary, a shape
+    check). Like ``min_recorded_steps``, three show a habit."""
+
+    train_mode_eval_repeat_fraction: float = 0.5
+    """Fraction of those passes fed the very input tensor of the pass before, from which they read as Monte Carlo
+    sampling on purpose (the same batch through dropout many times: T − 1 of T passes repeat) and
+    ``train_mode_eval`` reports at info only; a validation loop feeds a new batch each pass (0 % repeat)."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))

@@ -56,10 +56,28 @@ class LoopFacts:
     eval_steps: list[int] = field(default_factory=list)         # steps with such an eval-mode pass
     grad_checks: int = 0                # backwards that came first after an optimizer step (checked)
     stale_grad_steps: list[int] = field(default_factory=list)   # ... and found ``.grad`` not zeroed
+    train_nograd_forwards: int = 0      # root forwards in train mode with grad disabled (validation in train mode)
+    train_nograd_repeats: int = 0       # ... of them on the very input tensor of the one before (MC sampling)
+    last_nograd: Any = None             # (weak reference to that input, (from_step, forwards) at that pass)
 
     def reset(self, from_step: int) -> None:
         self.from_step, self.forwards, self.eval_forwards, self.grad_checks = from_step, 0, 0, 0
         self.eval_steps, self.stale_grad_steps = [], []
+        self.train_nograd_forwards, self.train_nograd_repeats = 0, 0
+
+    def note_nograd_forward(self, args: tuple[Any, ...]) -> None:
+        """A root forward in train mode under ``no_grad``/``inference_mode``: counted, and whether its first
+        input is the very tensor the previous such forward got with no training forward in between (Monte Carlo
+        dropout samples one batch many times; a validation loop feeds a new batch each time, and one that
+        validates on the same tensor every epoch trains in between). Host-only: an identity test on a weak
+        reference and a comparison of counters, nothing on a training step."""
+        self.train_nograd_forwards += 1
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        at = (self.from_step, self.forwards)
+        last = self.last_nograd
+        if x is not None and last is not None and last[1] == at and last[0]() is x:
+            self.train_nograd_repeats += 1
+        self.last_nograd = (weakref.ref(x), at) if x is not None else None
 
 
 class Hook:
@@ -180,6 +198,8 @@ class StepClock:
     # ------------------------------------------------------------------------------------------- steps
     def _begin_forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.in_forward or not (module.training and torch.is_grad_enabled()):
+            if not self.in_forward and module.training:
+                self.loop.note_nograd_forward(args)   # a forward in train mode with grad off: not a step
             return
         w = self._watch()
         if w is None:

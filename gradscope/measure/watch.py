@@ -465,8 +465,8 @@ class Watch:
     def _finish(self) -> None:
         """At close: the open step, and the loop facts and checks of the steps after the last record."""
         self._clock.finish()
-        if self._clock.loop.from_step <= self._clock.step:
-            self._write(self._loop_record())
+        if self._clock.loop.from_step <= self._clock.step or self._clock.loop.train_nograd_forwards:
+            self._write(self._loop_record())   # (passes after the last step only: a record of no step, P = S + 1)
         values, checks = self._checks.take()
         if values is None:
             return
@@ -719,13 +719,17 @@ class Watch:
 
     def _loop_record(self) -> dict[str, Any]:
         """``{"kind": "loop", "step": S, "from_step": P, "forwards": n, "eval_forwards": e, "eval_steps": [...],
-        "grad_checks": c, "stale_grad_steps": [...]}`` for steps P..S: forward passes counted, how many of them
-        ran in eval mode (and in which steps), how many backwards came first after an optimizer step and
-        in which steps ``.grad`` was then still the one that step used (``zero_grad`` missing). Resets them."""
+        "grad_checks": c, "stale_grad_steps": [...], "train_nograd_forwards": v, "train_nograd_repeats": r}`` for
+        steps P..S: forward passes counted, how many of them ran in eval mode (and in which steps), how many
+        backwards came first after an optimizer step and in which steps ``.grad`` was then still the one that step
+        used (``zero_grad`` missing), and the root forwards in train mode with grad off (validation in train
+        mode; ``r`` of them on the same input as the one before). Resets them."""
         loop, step = self._clock.loop, self._clock.step
         rec = {"kind": "loop", "step": step, "from_step": loop.from_step, "forwards": loop.forwards,
                "eval_forwards": loop.eval_forwards, "eval_steps": list(loop.eval_steps),
-               "grad_checks": loop.grad_checks, "stale_grad_steps": list(loop.stale_grad_steps)}
+               "grad_checks": loop.grad_checks, "stale_grad_steps": list(loop.stale_grad_steps),
+               "train_nograd_forwards": loop.train_nograd_forwards,
+               "train_nograd_repeats": loop.train_nograd_repeats}
         loop.reset(step + 1)
         return rec
 

@@ -53,7 +53,9 @@ class Loop:
     step, those of them that ran in eval mode and were followed by a backward, and the backwards checked right
     after an optimizer step (only with ``watch(..., optimizer=)``). ``eval_steps``: the steps with such an
     eval-mode pass; ``stale_grad_steps``: the steps whose backward began with ``.grad`` still the unmodified
-    tensor the previous optimizer step used (no ``zero_grad()``)."""
+    tensor the previous optimizer step used (no ``zero_grad()``). ``train_nograd_forwards`` (per record): root
+    forwards in train mode with grad disabled, not steps (validation left in train mode, Monte Carlo dropout);
+    ``train_nograd_repeats``: those on the very input tensor of the one before."""
 
     span: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))         # (R, 2)
     forwards: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))          # (R,)
@@ -61,6 +63,8 @@ class Loop:
     grad_checks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))       # (R,)
     eval_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # sorted
     stale_grad_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted
+    train_nograd_forwards: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (R,)
+    train_nograd_repeats: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))   # (R,)
 
     @property
     def records(self) -> int:
@@ -82,7 +86,9 @@ def loop_from_records(records: Sequence[LoopRecord]) -> Loop:
                 eval_forwards=ints([r.eval_forwards for r in records]),
                 grad_checks=ints([r.grad_checks for r in records]),
                 eval_steps=ints([s for r in records for s in r.eval_steps]),
-                stale_grad_steps=ints([s for r in records for s in r.stale_grad_steps]))
+                stale_grad_steps=ints([s for r in records for s in r.stale_grad_steps]),
+                train_nograd_forwards=ints([r.train_nograd_forwards for r in records]),
+                train_nograd_repeats=ints([r.train_nograd_repeats for r in records]))
 
 
 @dataclass

@@ -289,7 +289,9 @@ class LoopRecord:
     ``forwards`` counted as (part of) a step, ``eval_forwards`` of them in eval mode followed by a backward,
     the steps with such a pass (``eval_steps``), ``grad_checks`` backwards checked right after an optimizer
     step, and the steps whose ``.grad`` was then still the unmodified one that step used
-    (``stale_grad_steps``: ``zero_grad()`` missing)."""
+    (``stale_grad_steps``: ``zero_grad()`` missing); ``train_nograd_forwards`` root forwards in train mode with
+    grad disabled (not steps: validation left in train mode, or Monte Carlo dropout), ``train_nograd_repeats`` of
+    them on the same input tensor as the one before."""
 
     step: int
     from_step: int
@@ -298,11 +300,15 @@ class LoopRecord:
     eval_steps: tuple[int, ...] = ()
     grad_checks: int = 0
     stale_grad_steps: tuple[int, ...] = ()
+    train_nograd_forwards: int = 0
+    train_nograd_repeats: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "loop", "step": self.step, "from_step": self.from_step, "forwards": self.forwards,
                 "eval_forwards": self.eval_forwards, "eval_steps": list(self.eval_steps),
-                "grad_checks": self.grad_checks, "stale_grad_steps": list(self.stale_grad_steps)}
+                "grad_checks": self.grad_checks, "stale_grad_steps": list(self.stale_grad_steps),
+                "train_nograd_forwards": self.train_nograd_forwards,
+                "train_nograd_repeats": self.train_nograd_repeats}
 
 
 def _num(v: float | int | None) -> float | int | None:

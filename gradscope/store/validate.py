@@ -329,17 +329,23 @@ def close(d: Mapping[str, Any]) -> CloseRecord:
 
 
 def loop(d: Mapping[str, Any]) -> LoopRecord:
-    """A ``loop`` record: ``from_step`` ≤ ``step``; ``eval_forwards`` ≤ ``forwards``; each step list strictly
-    increasing inside ``from_step..step``, at most ``MAX_LOOP_STEPS`` long and no longer than its count
-    (``eval_forwards``, ``grad_checks``). Unknown keys are ignored."""
+    """A ``loop`` record: ``from_step`` ≤ ``step`` + 1 (a record of no step, written at close for the passes
+    after the last step, has ``from_step`` = ``step`` + 1 and empty step lists); ``eval_forwards`` ≤
+    ``forwards``; each step list strictly increasing inside ``from_step..step``, at most ``MAX_LOOP_STEPS``
+    long and no longer than its count (``eval_forwards``, ``grad_checks``); ``train_nograd_repeats`` ≤
+    ``train_nograd_forwards``. Unknown keys are ignored."""
     last = step(d.get("step"))
     first = step(d.get("from_step"), "from_step")
-    if first > last:
-        raise BadRecord(f"from_step: {first} is after step {last}")
+    if first > last + 1:
+        raise BadRecord(f"from_step: {first} is after step {last} + 1")
     forwards = integer(d.get("forwards", 0), "forwards")
     evals = integer(d.get("eval_forwards", 0), "eval_forwards", 0, forwards)
     checks = integer(d.get("grad_checks", 0), "grad_checks")
+    nograd = integer(d.get("train_nograd_forwards", 0), "train_nograd_forwards")
     return LoopRecord(step=last, from_step=first, forwards=forwards, eval_forwards=evals,
+                      train_nograd_forwards=nograd,
+                      train_nograd_repeats=integer(d.get("train_nograd_repeats", 0), "train_nograd_repeats", 0,
+                                                   nograd),
                       eval_steps=_steps_in(d.get("eval_steps", []), "eval_steps", first, last, evals),
                       grad_checks=checks,
                       stale_grad_steps=_steps_in(d.get("stale_grad_steps", []), "stale_grad_steps", first, last,

@@ -1,5 +1,5 @@
-"""The loop's own habits (issue 12): ``loop`` records as the reader checks them (``Run.loop``), and the two rules
-that judge them, ``grad_not_zeroed`` and ``eval_mode_training``, on hand-built logs.
+"""The loop's own habits (issue 12): ``loop`` records as the reader checks them (``Run.loop``), and the rules that
+judge them, ``grad_not_zeroed``, ``eval_mode_training`` and ``train_mode_eval``, on hand-built logs.
 
 Logs are written with the real ``LogWriter`` and records (tests/logfactory.py); only the ``loop`` records and the
 header's ``extra.mode_modules`` are chosen per test. Each rule is checked on its bug, on its look-alike that must
@@ -18,7 +18,7 @@ import pytest
 
 from gradscope.judge.diagnose import diagnose
 from gradscope.judge.findings import Code, Finding, FixKind, NotEvaluated, Severity
-from gradscope.judge.rules import eval_mode_training, grad_not_zeroed
+from gradscope.judge.rules import eval_mode_training, grad_not_zeroed, train_mode_eval
 from gradscope.judge.rules._common import Context
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.load import load_run
@@ -76,7 +76,7 @@ def test_a_log_without_loop_records_has_an_empty_loop(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "why"), [
-    ({"step": -1}, "step"), ({"step": True}, "step"), ({"step": 2**60}, "step"), ({"from_step": 6}, "from_step"),
+    ({"step": -1}, "step"), ({"step": True}, "step"), ({"step": 2**60}, "step"), ({"from_step": 7}, "from_step"),
     ({"forwards": "3"}, "forwards"), ({"eval_forwards": 6}, "eval_forwards"), ({"grad_checks": -1}, "grad_checks"),
     ({"eval_steps": [3, 3]}, "eval_steps[1]"), ({"eval_steps": [4, 3]}, "eval_steps[1]"),
     ({"eval_steps": [0]}, "eval_steps[0]"), ({"eval_steps": [6]}, "eval_steps[0]"),
@@ -189,3 +189,60 @@ def test_eval_mode_training_is_not_evaluated_without_loop_records(tmp_path: Path
     assert isinstance(ne, NotEvaluated) and "no loop records" in ne.reason
     ne = eval_mode_training(_run(tmp_path / "b", _loops(evals=(0, 1))[:2], modes={"Dropout": 1}), TH, Context())
     assert isinstance(ne, NotEvaluated) and "cover 2 step(s)" in ne.reason
+
+
+def test_a_record_of_no_step_carries_the_passes_after_the_last_step(tmp_path: Path) -> None:
+    recs = [{"kind": "loop", "step": 9, "from_step": 0, "forwards": 10, "train_nograd_forwards": 2},
+            {"kind": "loop", "step": 9, "from_step": 10, "train_nograd_forwards": 1, "train_nograd_repeats": 1}]
+    lp = _run(tmp_path / "ok", recs).loop
+    assert lp.records == 2 and lp.n_steps == 10
+    assert lp.train_nograd_forwards.tolist() == [2, 1] and lp.train_nograd_repeats.tolist() == [0, 1]
+    bad = [{**recs[1], "train_nograd_repeats": 2}, {**recs[1], "eval_steps": [10]}, {**recs[1], "from_step": 11}]
+    for i, rec in enumerate(bad):
+        run = _run(tmp_path / str(i), [recs[0], rec])
+        assert run.loop.records == 1 and "invalid record" in run.problems[0], run.problems
+
+
+# ----------------------------------------------------------------------------------------- train_mode_eval
+
+def _nograd(passes: int, repeats: int = 0) -> list[dict[str, Any]]:
+    """Loop records of a zeroing, train-mode loop whose evaluations ran ``passes`` no-grad forwards in train mode,
+    spread over the records, the last of them after the last step (a record of no step)."""
+    recs = _loops()
+    per, left = divmod(passes, 4)
+    reps = [repeats // 4] * 4
+    reps[-1] += repeats - sum(reps)
+    for k, s in enumerate((4, 9, 14)):
+        recs[s]["train_nograd_forwards"], recs[s]["train_nograd_repeats"] = per, reps[k]
+    tail = LoopRecord(step=STEPS - 1, from_step=STEPS, train_nograd_forwards=per + left,
+                      train_nograd_repeats=reps[3]).to_dict()
+    return [*recs, tail]
+
+
+def test_train_mode_eval_fires_on_validation_in_train_mode(tmp_path: Path) -> None:
+    run = _run(tmp_path, _nograd(8), modes={"BatchNorm2d": 2})
+    f = _only(train_mode_eval(run, TH, Context()))
+    assert f.code is Code.TRAIN_MODE_EVAL and f.severity is Severity.WARNING and f.confidence == 1.0
+    assert f.evidence["passes"] == 8 and f.evidence["repeated_inputs"] == 0 and f.steps == (4, STEPS - 1)
+    assert "8 forward pass(es)" in f.message and "2 BatchNorm2d" in f.message
+    [g] = [g for g in diagnose(run).findings if g.code is Code.TRAIN_MODE_EVAL]
+    assert len(g.fixes) == 2 and "model.train(False)" in g.fixes[0].code
+    for fx in g.fixes:
+        assert fx.kind is FixKind.TRAINING_LOOP and check_fix(fx, run) == []
+
+
+def test_monte_carlo_dropout_is_only_info(tmp_path: Path) -> None:
+    run = _run(tmp_path, _nograd(40, repeats=36), modes={"Dropout": 2})   # 4 batches × 10 samples
+    f = _only(train_mode_eval(run, TH, Context()))
+    assert f.severity is Severity.INFO and "Monte Carlo" in f.message and f.confidence == pytest.approx(0.1)
+    # under half repeated: a validation loop that sometimes feeds one batch twice is still the bug
+    run = _run(tmp_path / "b", _nograd(40, repeats=12), modes={"Dropout": 2})
+    assert _only(train_mode_eval(run, TH, Context())).severity is Severity.WARNING
+
+
+def test_train_mode_eval_is_silent_below_its_count_without_mode_modules_or_records(tmp_path: Path) -> None:
+    assert train_mode_eval(_run(tmp_path / "a", _nograd(2), modes={"Dropout": 1}), TH, Context()) == []
+    assert train_mode_eval(_run(tmp_path / "b", _nograd(8), modes={}), TH, Context()) == []
+    assert train_mode_eval(_run(tmp_path / "c", _loops(), modes={"Dropout": 1}), TH, Context()) == []
+    ne = train_mode_eval(_run(tmp_path / "d", [], modes={"Dropout": 1}), TH, Context())
+    assert isinstance(ne, NotEvaluated) and "no loop records" in ne.reason

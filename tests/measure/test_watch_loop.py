@@ -128,3 +128,50 @@ def test_the_header_counts_modules_that_differ_in_eval_mode(tmp_path: Path) -> N
         model(torch.randn(4, 2, 5)).sum().backward()
     header = json.loads(log_path(tmp_path).read_text().splitlines()[0])
     assert header["extra"]["mode_modules"] == {"BatchNorm1d": 1}   # p=0 dropout and stat-less BN act the same
+
+
+def test_forwards_in_train_mode_without_grad_are_counted_not_stepped(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x_val = torch.randn(8, 4)
+    with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt):
+        for _ in range(3):
+            model.train()
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+            opt.step()
+            with torch.no_grad():                  # validation, model.eval() forgotten: two batches
+                model(torch.randn(8, 4))
+                model(torch.randn(8, 4))
+            with torch.inference_mode():           # Monte Carlo dropout: one batch sampled 4 times
+                for _ in range(4):
+                    model(x_val)
+            model.eval()
+            with torch.no_grad():                  # a correct validation pass: not counted
+                model(torch.randn(8, 4))
+    log = read_log(log_path(tmp_path))
+    assert [r.step for r in log.steps] == [0, 1, 2]
+    assert all(r.layers[0][0] == 8 * 16 for r in log.steps)   # no no-grad pass in the statistics
+    loops = _loops(tmp_path)
+    assert sum(r["train_nograd_forwards"] for r in loops) == 3 * 6
+    assert sum(r["train_nograd_repeats"] for r in loops) == 3 * 3   # the 2nd..4th sample of each MC batch
+    assert sum(r["forwards"] for r in loops) == 3
+    run = load_run(tmp_path)
+    assert int(run.loop.train_nograd_forwards.sum()) == 18 and int(run.loop.train_nograd_repeats.sum()) == 9
+
+
+def test_the_same_validation_tensor_every_epoch_is_no_repeat(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x_val = torch.randn(8, 4)
+    with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt):
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+            opt.step()
+            with torch.no_grad():
+                model(x_val)                       # train mode, but a training step since the last one
+    loops = _loops(tmp_path)
+    assert sum(r["train_nograd_forwards"] for r in loops) == 3
+    assert sum(r["train_nograd_repeats"] for r in loops) == 0
+    assert loops[-1]["from_step"] == loops[-1]["step"] + 1   # the last pass came after the last step

@@ -14,6 +14,8 @@ And from the ``loop`` records the watch writes (``Run.loop``: how the loop itsel
   steps before.
 - ``eval_mode_training``: the model trains in eval mode (``model.eval()`` left on after validation), so dropout is
   off and batch norm normalizes with its running statistics.
+- ``train_mode_eval``: validation runs under ``torch.no_grad()`` with the model still in train mode (dropout on,
+  batch norm on batch statistics, its running statistics updated with validation data).
 """
 
 from __future__ import annotations
@@ -709,6 +711,93 @@ def eval_mode_training_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix |
     ]
 
 
+def _no_nograd_passes(run: Run, th: Thresholds) -> str | None:
+    if run.loop.records == 0:
+        return "the log has no loop records (written by gradscope since issue 12's loop checks)"
+    return None
+
+
+LOOP_ANY = Need("``loop`` records", _no_nograd_passes)
+
+
+@dataclass(frozen=True)
+class TrainModeEvalDetail:
+    """What ``train_mode_eval`` hands its fixes: whether the passes look like Monte Carlo sampling on purpose."""
+
+    sampling: bool = False
+
+
+def train_mode_eval(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """Validation runs in train mode: forward passes under ``torch.no_grad()`` without ``model.eval()``, on a model
+    whose dropout or batch norm acts differently in train mode.
+
+    Symptom: validation metrics are noisier and worse than the model is (dropout drops units while validating),
+    and with batch norm they depend on the validation batch; batch norm's running statistics are updated with
+    validation data, so the model that is saved and deployed normalizes with statistics that are partly the
+    validation set's.
+
+    Detected when at least ``train_mode_eval_min_forwards`` root forward passes ran with grad disabled while the
+    model was in train mode (the ``loop`` records' ``train_nograd_forwards``; such a pass is never a training
+    step), and the model has a module that acts differently in eval mode (the header's ``mode_modules``;
+    without one the mode changes nothing and the rule says nothing). Monte Carlo dropout on purpose samples one
+    batch many times: when at least ``train_mode_eval_repeat_fraction`` of the passes were fed the very input
+    tensor of the pass before, the finding is info only. Only the root module's mode is checked: to mark Monte
+    Carlo dropout, put the model in eval mode and only its dropout layers in train mode — then nothing is
+    counted, and batch norm keeps its running statistics. (``torch.optim.swa_utils.update_bn`` runs such
+    passes on purpose to recompute batch-norm statistics; a new batch each time, so it reads as this bug.)
+
+    Confidence: 1 − the fraction of repeated inputs.
+
+    Why it matters: ``torch.no_grad()`` only stops gradients; the mode is a separate switch. A validation loop
+    that forgets ``model.eval()`` measures a different network from the one that will be used, and with batch
+    norm it changes the model itself.
+
+    Fixes: ``model.eval()`` before each validation (and ``model.train()`` before training resumes); for Monte
+    Carlo dropout, the model in eval mode with only the dropout layers in train mode.
+    """
+    code = Code.TRAIN_MODE_EVAL
+    lp = run.loop
+    counts = lp.train_nograd_forwards
+    n, r = int(counts.sum()), int(lp.train_nograd_repeats.sum())
+    modes = _mode_modules(run)
+    if n < th.train_mode_eval_min_forwards or not modes:
+        return []
+    rep = min(1.0, r / n)
+    sampling = rep >= th.train_mode_eval_repeat_fraction
+    rows = np.flatnonzero(counts > 0)
+    span = lp.span[rows]
+    steps = (int(np.minimum(span[:, 0], span[:, 1]).min()), int(span[:, 1].max()))
+    kinds = ", ".join(f"{c} {k}" for k, c in sorted(modes.items()))
+    msg = (f"{n} forward pass(es) ran with grad disabled while the model was in train mode (around "
+           f"{fmt_steps(steps)}), and it has modules that act differently in train mode ({kinds}): validation "
+           f"under torch.no_grad() without model.eval()? (threshold {th.train_mode_eval_min_forwards} passes)")
+    if sampling:
+        msg += (f"; {pct(rep)} of them were fed the same input as the pass before, as Monte Carlo dropout samples "
+                "one batch: on purpose? (then mark it so: model.eval() and .train() on the dropout layers only)")
+    evidence = {"passes": n, "repeated_inputs": r, "repeat_fraction": rep, "mode_modules": modes,
+                "threshold": th.train_mode_eval_min_forwards,
+                "repeat_threshold": th.train_mode_eval_repeat_fraction}
+    return [Finding(code, Severity.INFO if sampling else Severity.WARNING, "Validation runs in train mode", msg,
+                    steps=steps, evidence=evidence, confidence=1.0 - rep, detail=TrainModeEvalDetail(sampling))]
+
+
+def train_mode_eval_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    return [
+        Fix(FixKind.TRAINING_LOOP,
+            "Put the model in eval mode before each validation pass (torch.no_grad() does not), and back in train "
+            "mode before training resumes",
+            "# before each validation pass under torch.no_grad(); model.train() again before the next training step:\n"
+            "model.train(False)   # the same as model.eval()"),
+        Fix(FixKind.TRAINING_LOOP,
+            "If you sample with dropout on purpose (Monte Carlo dropout): keep the model in eval mode and put only the "
+            "dropout layers in train mode, so batch norm keeps its running statistics",
+            "model.train(False)   # model.eval()\n"
+            "for m in model.modules():\n"
+            "    if isinstance(m, torch.nn.modules.dropout._DropoutNd):\n"
+            "        torch.nn.Module.train(m, True)"),
+    ]
+
+
 RULES = (
     Rule(Code.PARAM_NOT_UPDATED, param_not_updated, param_not_updated_fixes, "loop",
          needs=(LOG, STEPS, param_stat("update_ratio"), param_stat("grad_norm"))),
@@ -718,5 +807,6 @@ RULES = (
     Rule(Code.GRAD_NOT_ZEROED, grad_not_zeroed, grad_not_zeroed_fixes, "loop",
          needs=(LOG, LOOP_RECORDS, GRAD_CHECKS)),
     Rule(Code.EVAL_MODE_TRAINING, eval_mode_training, eval_mode_training_fixes, "loop", needs=(LOG, LOOP_RECORDS)),
+    Rule(Code.TRAIN_MODE_EVAL, train_mode_eval, train_mode_eval_fixes, "loop", needs=(LOG, LOOP_ANY)),
 )
 """This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""
