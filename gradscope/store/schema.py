@@ -34,10 +34,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
-"""Bumped whenever a reader of the previous version would misread a new log. Readers refuse newer logs."""
 from gradscope._numbers import finite
 
+SCHEMA_VERSION = 1
+"""Bumped whenever a reader of the previous version would misread a new log. Readers refuse newer logs."""
 
 LOG_FILE_PREFIX = "gradscope"
 LOG_FILE_SUFFIX = ".jsonl"
