@@ -7,7 +7,7 @@ Sources: each rule's docstring and needs in ``gradscope.judge.rules.RULES`` (sym
 fixes), the docstring, value and source of every ``Thresholds`` field (gradscope/judge/thresholds.py), and the zoo
 snapshot ``benchmarks/zoo_snapshot.json`` written by ``python benchmarks/zoo_scores.py --snapshot ...`` (per case the
 codes that fired; per code the fix kinds offered and an example finding's fixes). ``tests/e2e/test_docs.py`` checks
-that regenerating gives the file's text; ``tests/test_zoo.py`` checks that the snapshot's verdicts are what the
+that regenerating gives the file's text; ``tests/judge/test_zoo.py`` checks that the snapshot's verdicts are what the
 current rules give on the zoo.
 """
 

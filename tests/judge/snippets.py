@@ -1,5 +1,5 @@
 """Checks on fix snippets: they compile, hold no placeholders, and every ``model`` access path in them resolves
-against the run's layer and parameter names (used by tests/judge/test_snippets.py and tests/test_zoo.py)."""
+against the run's layer and parameter names (used by tests/judge/test_snippets.py and tests/judge/test_zoo.py)."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def test_snapshot_matches_the_rules(zoo: ZooRunner) -> None:
     """
     import json
 
-    snap = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_snapshot.json").read_text())
+    snap = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "zoo_snapshot.json").read_text())
     rows = {r["name"]: r for r in snap["cases"]}
     assert set(rows) == {c.name for c in CASES}
     stale = [c.name for c in CASES
