@@ -330,7 +330,7 @@ def first_divergent_step(run: Run) -> int | None:
     skipped = run.skipped if run.skipped.shape == run.steps.shape else np.zeros(run.steps.shape, dtype=bool)
     gnf0 = stat(run, "param", "grad_nonfinite")
     if not skipped.any() and gnf0 is not None and run.header is not None:
-        nf_rows = (gnf0 > 0).any(axis=1)      # NaN compares False
+        nf_rows = np.asarray((gnf0 > 0).any(axis=1))      # NaN compares False
         # A GradScaler watch was not told about: its overflowing steps were skipped all the same (checked only
         # when there are non-finite gradients, the one case it changes).
         if nf_rows.any() and loss_scaling(run, Thresholds()) is not None:

@@ -150,15 +150,15 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         # logged values starts far above it, and comparing with that start would excuse the whole run.
         c = head_outputs(run)
         chance = math.log(c) if c is not None and c >= 2 and is_classifier(run, th) else None
-        ref, what = start, "its start"
+        ref, against = start, "its start"
         if chance is not None and chance < start:
-            ref, what = chance, f"the chance-level loss log(C) = {fmt_num(chance)}"
+            ref, against = chance, f"the chance-level loss log(C) = {fmt_num(chance)}"
         if ref > 0 and end >= th.divergence_loss_growth * ref:
             steps = step_range(st[tail_slice(v.size, th)])
             rose = (f"rose from {fmt_num(start)} to {fmt_num(end)}" if end > start else
                     f"started at {fmt_num(start)} and ended at {fmt_num(end)}")
             return [Finding(code, Severity.WARNING, "Training loss diverging",
-                            f"training loss {rose} ({fmt_num(end / ref)}× {what}, threshold "
+                            f"training loss {rose} ({fmt_num(end / ref)}× {against}, threshold "
                             f"{fmt_num(th.divergence_loss_growth)}×) over {fmt_steps(steps)}", steps=steps,
                             evidence={"start_loss": start, "end_loss": end, "first_step": steps[0] if steps else None},
                             confidence=0.8, detail=FirstStep(steps[0] if steps else None))]
