@@ -123,8 +123,11 @@ def healthy_run(layers: list[L] | None = None, *, n: int = 60, every: int = 1, s
     # The loop records the watch writes (issue 12): train mode, gradients zeroed, one backward per step.
     span = np.stack([np.concatenate([[0], steps[:-1] + 1]), steps], axis=1).astype(np.int64)
     covered = span[:, 1] - span[:, 0] + 1
+    # The model output on each recorded step: logits (negative entries, rows not summing to 1).
     run.loop = Loop(span=span, forwards=covered, eval_forwards=np.zeros(n, dtype=np.int64),
-                    grad_checks=covered - (span[:, 0] == 0))
+                    grad_checks=covered - (span[:, 0] == 0), output_min=np.full(n, -3.0),
+                    output_sum_lo=np.full(n, -2.0), output_sum_hi=np.full(n, 2.5),
+                    output_cols=np.full(n, max(2, infos[-1].fan_out), dtype=np.int64))
     if inputs:
         run.inputs = [(int(s), InputStats(mean=float(rng.normal(0, 0.02)), std=float(rng.uniform(0.95, 1.05)),
                                           min=-3.5, max=3.5, count=BATCH * layers[0].fan_in,

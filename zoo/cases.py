@@ -285,7 +285,8 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, 
         every: int = 5, seed: int = 0, pass_optimizer: bool = True, log_step_loss: bool = False,
         clip: float | None = None, accumulate: int = 1,
         scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
-        autocast: torch.dtype | None = None) -> None:
+        autocast: torch.dtype | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, threshold: float = 0.0) -> None:
     """A plain training loop with gradscope attached, as a user writes it.
 
     Per epoch: ``train_loss`` (mean over the epoch's batches), ``train_acc`` (running), ``val_loss`` and
@@ -293,7 +294,9 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, 
     per-epoch record then carries only the other metrics). ``accumulate``: micro-batches per optimizer step
     (gradient accumulation, loss divided by it); ``scheduler``: built from the optimizer, stepped after every
     optimizer step (warm-up); ``autocast``: run forward and loss under ``torch.autocast("cpu", dtype)``.
-    Tasks: "clf" (cross-entropy on class logits), "bin" (one logit, ``BCEWithLogits``), "reg" (MSE)."""
+    Tasks: "clf" (cross-entropy on class logits), "bin" (one logit, ``BCEWithLogits``), "reg" (MSE); ``loss``
+    replaces the task's loss (a model that outputs probabilities), ``threshold`` the output above which a
+    binary prediction is 1 (0.5 for a sigmoid output)."""
     g = torch.Generator().manual_seed(seed)
     if data.task == "clf":
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
@@ -301,10 +304,12 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, 
         loss_fn = F.binary_cross_entropy_with_logits
     else:
         loss_fn = F.mse_loss
+    if loss is not None:
+        loss_fn = loss
     classify = data.task in ("clf", "bin")
 
     def hits(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (out > 0).float() == y if data.task == "bin" else out.argmax(1) == y
+        return (out > threshold).float() == y if data.task == "bin" else out.argmax(1) == y
 
     sched = scheduler(opt) if scheduler is not None else None
     n = data.x_train.shape[0]
@@ -323,10 +328,10 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, 
                     idx = perm[i:i + batch]
                     with ctx():
                         out = model(data.x_train[idx])
-                        loss = loss_fn(out.float(), data.y_train[idx])
+                        batch_loss = loss_fn(out.float(), data.y_train[idx])
                     if micro == 0:
                         opt.zero_grad()
-                    (loss / accumulate).backward()
+                    (batch_loss / accumulate).backward()
                     micro += 1
                     if micro == accumulate:
                         micro = 0
@@ -335,7 +340,7 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, data: Data, logdir: Path, 
                         opt.step()
                         if sched is not None:
                             sched.step()
-                    lv = float(loss.detach())
+                    lv = float(batch_loss.detach())
                     if log_step_loss:
                         scope.log(train_loss=lv)
                     tot += lv * len(idx)
@@ -1962,6 +1967,82 @@ def _holdout_healthy_mc_marked(logdir: Path) -> None:
     m = mlp([64, 128, 64, 10], bn=True, dropout=0.2)
     fit_habit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(seed=72), logdir, epochs=6,
               batch=64, seed=72, val_mode="mc_marked")
+
+
+# ---------------------------------------------------------------------- issue 12: probabilities_as_logits
+def _nll_of_probs(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """NLLLoss on the log of probabilities: the right loss for a model that ends in a softmax."""
+    return F.nll_loss(torch.log(p.clamp_min(1e-12)), y)
+
+
+def _softmax_mlp(sizes: list[int]) -> nn.Sequential:
+    """``mlp(sizes)`` with a final ``nn.Softmax(dim=1)``: the model outputs probabilities."""
+    m = mlp(sizes)
+    m.append(nn.Softmax(dim=1))
+    return m
+
+
+@case("probs_softmax_cross_entropy_digits", "ReLU MLP 64-128-64-10 ending in nn.Softmax(dim=1) on standardized "
+      "digits, trained with F.cross_entropy (softmax applied twice), Adam 1e-3, 10 epochs: the loss cannot go "
+      "below log(10 + e − 1) − 1 = 1.46. learning_rate (too low) fired on its first run and is true of the "
+      "measured updates: the second softmax squashes the gradient, so Adam's steps are small; it is named a "
+      "consequence of probabilities_as_logits (causes.py), as underfitting or a plateau would be.",
+      must=(C.PROBABILITIES_AS_LOGITS,), may=(C.LEARNING_RATE, C.UNDERFITTING, C.LR_PLATEAU),
+      fixes={C.PROBABILITIES_AS_LOGITS: (K.ACTIVATION,)},
+      arch="MLP (softmax output)", optimizer="Adam", data="digits")
+def _probs_ce_digits(logdir: Path) -> None:
+    m = _softmax_mlp([64, 128, 64, 10])
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(seed=73), logdir, epochs=10, batch=64, seed=73)
+
+
+@case("healthy_softmax_nll_log_digits", "The same ReLU MLP 64-128-64-10 ending in nn.Softmax(dim=1) on "
+      "standardized digits, trained with NLLLoss on torch.log of the probabilities (the right loss for them), "
+      "Adam 1e-3, 10 epochs: the outputs are probabilities, the loss falls far below the cross-entropy floor.",
+      arch="MLP (softmax output)", optimizer="Adam", data="digits")
+def _healthy_softmax_nll(logdir: Path) -> None:
+    m = _softmax_mlp([64, 128, 64, 10])
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), digits(seed=74), logdir, epochs=10, batch=64, seed=74,
+        loss=_nll_of_probs)
+
+
+@case("healthy_sigmoid_bce_binary", "ReLU MLP 30-32-16-1 ending in nn.Sigmoid on standardized breast cancer, "
+      "trained with BCELoss on the probability, Adam 1e-3, 15 epochs: one output column, never a distribution "
+      "over classes.",
+      arch="MLP (binary, sigmoid + BCE)", optimizer="Adam", data="breast_cancer")
+def _healthy_sigmoid_bce(logdir: Path) -> None:
+    m = mlp([30, 32, 16, 1])
+    m.append(nn.Sigmoid())
+    fit(m, torch.optim.Adam(m.parameters(), 1e-3), breast_cancer_binary(seed=75), logdir, epochs=15, batch=32,
+        seed=75, loss=F.binary_cross_entropy, threshold=0.5)
+
+
+class SoftmaxCNN(DigitsCNN):
+    """``DigitsCNN`` whose forward ends in ``F.softmax(..., dim=1)`` (no module to see: a functional call)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(super().forward(x), dim=1)
+
+
+@case("holdout_probs_softmax_cnn_sgdm", "CNN on digit images whose forward() ends in F.softmax(logits, dim=1), "
+      "trained with F.cross_entropy (softmax applied twice), SGD+momentum 0.05, 8 epochs. Written before its "
+      "first run: the squashed gradients slow training, so underfitting, a learning-rate finding, a plateau or "
+      "vanishing gradients would be true of it.",
+      must=(C.PROBABILITIES_AS_LOGITS,), may=(C.UNDERFITTING, C.LEARNING_RATE, C.LR_PLATEAU, C.VANISHING_GRADIENTS),
+      fixes={C.PROBABILITIES_AS_LOGITS: (K.ACTIVATION,)},
+      holdout=True, arch="CNN (softmax output)", optimizer="SGD+momentum", data="digits")
+def _holdout_probs_cnn(logdir: Path) -> None:
+    m = SoftmaxCNN(8, 16)
+    fit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(image=True, seed=76), logdir, epochs=8,
+        batch=64, seed=76)
+
+
+@case("holdout_healthy_softmax_nll_wine", "ReLU MLP 13-64-64-3 ending in nn.Softmax(dim=1) on standardized wine, "
+      "NLLLoss on torch.log of the probabilities, RMSprop 1e-3, 20 epochs. Written before its first run.",
+      holdout=True, arch="MLP (softmax output)", optimizer="RMSprop", data="wine")
+def _holdout_healthy_softmax_nll(logdir: Path) -> None:
+    m = _softmax_mlp([13, 64, 64, 3])
+    fit(m, torch.optim.RMSprop(m.parameters(), 1e-3), wine(seed=77), logdir, epochs=20, batch=16, seed=77,
+        loss=_nll_of_probs)
 
 
 # The indexes over every case, rebuilt after the cases appended below their first definition above (issue 11's

@@ -135,6 +135,12 @@ LINKS: tuple[Link, ...] = (
          "an offset input pushes the first layer's pre-activations to one side"),
     Link(Code.PARAM_NOT_UPDATED, Code.VANISHING_GRADIENTS, _reference_not_updated,
          "a layer outside the optimizer is never zeroed: its gradient piles up and dwarfs the others'"),
+    Link(Code.PROBABILITIES_AS_LOGITS, Code.LEARNING_RATE, _lr("low"),
+         "the second softmax squashes the gradient, so the updates look too small for the learning rate"),
+    Link(Code.PROBABILITIES_AS_LOGITS, Code.UNDERFITTING, lambda c, e, r, t: True,
+         "cross-entropy on probabilities has a floor, so the training loss and error stay high"),
+    Link(Code.PROBABILITIES_AS_LOGITS, Code.LR_PLATEAU, lambda c, e, r, t: True,
+         "the loss levels off at the floor of cross-entropy on probabilities, which no schedule lowers"),
 )
 """Every cause → consequence relation gradscope knows, with the condition that makes it hold on a run."""
 

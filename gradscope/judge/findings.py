@@ -55,6 +55,7 @@ class Code(str, Enum):
     GRAD_NOT_ZEROED = "grad_not_zeroed"
     EVAL_MODE_TRAINING = "eval_mode_training"
     TRAIN_MODE_EVAL = "train_mode_eval"
+    PROBABILITIES_AS_LOGITS = "probabilities_as_logits"
 
 
 @dataclass(frozen=True)

@@ -472,6 +472,31 @@ class Thresholds:
     sampling on purpose (the same batch through dropout many times: T − 1 of T passes repeat) and
     ``train_mode_eval`` reports at info only; a validation loop feeds a new batch each pass (0 % repeat)."""
 
+    probs_sum_tolerance: float = 0.01
+    """Largest |row sum − 1| of the model output (rows summed in fp64 on the device) that still reads as a row of
+    probabilities for ``probabilities_as_logits``. A softmax in fp32 sums to 1 within ~C·6e-8 (1e-7 measured on
+    10 classes, gradscope zoo); in bf16/fp16 each entry is rounded to 2^-9 relative, so the sum within ~0.004.
+    Logits (any sign, any sum) that are all ≥ 0 and sum to 1 within 1 % on every measured step do not happen by
+    chance."""
+
+    probs_fraction: float = 0.9
+    """Fraction of the measured steps (at least ``loop_min_steps``) whose model output was non-negative rows
+    summing to 1, from which ``probabilities_as_logits`` judges: "while it trains". A final softmax makes it
+    100 %; logits 0 %."""
+
+    probs_floor_slack: float = 0.01
+    """Relative slack under the cross-entropy-of-probabilities floor log(C + e − 1) − 1 (docs/theory.md section 12): a
+    logged loss whose minimum is at or above floor × (1 − slack) never went below what ``nn.CrossEntropyLoss``
+    on probabilities can reach, and ``probabilities_as_logits`` warns. Each sample's loss is ≥ the floor, so is
+    every batch mean; the slack only absorbs the float32 rounding of a logged mean. An ``NLLLoss(log p)`` model
+    that learns goes below it (0.1 on digits vs a floor of 1.46, gradscope zoo)."""
+
+    probs_floor_near: float = 0.5
+    """How far, as a fraction of the way from chance (log C, the loss of uniform probabilities) down to that
+    floor, the logged loss must have come for ``probabilities_as_logits`` to warn: a loss that fell most of the
+    way and stopped at the floor is the signature of ``nn.CrossEntropyLoss`` on probabilities. A loss still near
+    chance (a model that learned nothing yet, whatever its loss) gets the conditional info finding instead."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))

@@ -41,6 +41,7 @@ class Part(str, Enum):
     LAYERS = "layers"            # per-layer activation and output-gradient statistics
     ACTIVATIONS = "activations"  # learning which activation follows each layer (first forward pass)
     INPUT = "input"              # statistics of the model input
+    OUTPUT = "output"            # whether the model output is probabilities (min, row sums)
     GRADIENTS = "gradients"      # parameter gradient norms, total gradient norm, GradScaler tracking
     CLIPPING = "clipping"        # gradient norms at optimizer-step time
     UPDATES = "updates"          # weight norms and update-to-weight ratios
@@ -54,7 +55,8 @@ class Part(str, Enum):
 
 _WHAT = {
     Part.WATCH: "gradscope's step control", Part.LOG: "the gradscope log", Part.LAYERS: "layer statistics",
-    Part.ACTIVATIONS: "activation detection", Part.INPUT: "input statistics", Part.GRADIENTS: "gradient norms",
+    Part.ACTIVATIONS: "activation detection", Part.INPUT: "input statistics",
+    Part.OUTPUT: "output statistics", Part.GRADIENTS: "gradient norms",
     Part.CLIPPING: "clipping detection", Part.UPDATES: "update ratios", Part.FINITE: "NaN/Inf checks",
     Part.TENSORBOARD: "the TensorBoard mirror",
 }

@@ -281,6 +281,16 @@ a mean/std to ~0.5% and the input rules compare scales in decades. Min and max s
 the whole input, in its own dtype)."""
 
 
+def output_simplex(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """[min, least row sum, greatest row sum] of the model output ``x`` along ``dim`` (its class dimension) as
+    one fp64 vector on ``x``'s device: three small reductions and one stack, no host sync. All entries ≥ 0 and
+    every row summing to 1 means the model outputs probabilities (a final softmax). Row sums in fp64, so a
+    half-precision output is not judged by the rounding of its own sum."""
+    xd = x.detach()
+    lo, hi = torch.aminmax(xd.sum(dim=dim, dtype=torch.float64))
+    return torch.stack([xd.amin().double(), lo, hi])
+
+
 def input_stats(x: torch.Tensor) -> torch.Tensor:
     """[count, mean, std, min, max, feature_std_min, feature_std_max, feature_mean_absmax] as one fp64 vector.
 

@@ -51,7 +51,7 @@ from gradscope.measure.checks import (
 from gradscope.measure.clock import StepClock
 from gradscope.measure.guard import Guard, Part
 from gradscope.measure.layers import LayerFilter, LayerSpec, find_layers, first_tensor
-from gradscope.measure.reductions import accumulate_derivative, input_stats, saturating
+from gradscope.measure.reductions import accumulate_derivative, input_stats, output_simplex, saturating
 from gradscope.measure.tb_writer import DEFAULT_HISTOGRAMS
 from gradscope.measure.tracer import ActivationTracer
 from gradscope.measure.updates import UPDATE_SAMPLE, UpdateSampler
@@ -317,6 +317,7 @@ class Watch:
         self._grad: tuple[list[int], torch.Tensor] | None = None   # (param indices, gradient norms) of this step
         self._clip: torch.Tensor | None = None                      # gradient norms at optimizer-step time
         self._input: torch.Tensor | None = None
+        self._output: tuple[torch.Tensor, int] | None = None   # (output_simplex of the model output, its columns)
         self._forward_outputs: list[tuple[int, weakref.ref[torch.Tensor]]] = []   # for the NaN/Inf check
         self._checking_layers = False
         self._nonfinite_found = False
@@ -505,7 +506,7 @@ class Watch:
         self._updates.clear()
         self._checks.clear()
         self._forward_outputs = []
-        self._grad = self._clip = self._input = None
+        self._grad = self._clip = self._input = self._output = None
         self._grad_mark = None
 
     def _clock_step(self) -> int:
@@ -522,7 +523,7 @@ class Watch:
     # ------------------------------------------------------------------ the step, called by the clock
     def _step_begins(self) -> None:
         self._layer_stats.reset()
-        self._grad = self._clip = self._input = None
+        self._grad = self._clip = self._input = self._output = None
         self._forward_outputs = []
         self._scaler.begin_step()
         if self._clock.recording:
@@ -570,7 +571,24 @@ class Watch:
             self._guard.run(Part.ACTIVATIONS, self._finish_tracing)
         if self._finding() and self._guard.on(Part.FINITE):
             self._guard.run(Part.FINITE, self._check_forward, outs)
+        if self._clock.recording and self._output is None and self._guard.on(Part.OUTPUT):
+            self._guard.run(Part.OUTPUT, self._take_output, outs)
         self._forward_outputs = []
+
+    def _take_output(self, outs: list[torch.Tensor]) -> None:
+        """Recorded steps, first training forward of the step: whether the model's main output (its first
+        floating-point output of 2 or more dimensions, with 2 or more classes along dim 1 of a 2-D output, the
+        last dim otherwise) is a row of probabilities: its min and row sums, kept on the device for the record's
+        one transfer (``probabilities_as_logits``)."""
+        x = next((t for t in outs if t.dim() >= 2 and t.numel()), None)
+        if x is None:
+            return
+        dim = 1 if x.dim() == 2 else x.dim() - 1
+        cols = int(x.shape[dim])
+        if cols < 2:
+            return   # one column (a sigmoid/BCE output) is no distribution over classes
+        with torch.no_grad():
+            self._output = (output_simplex(x, dim), cols)
 
     def _check_forward(self, outs: list[torch.Tensor]) -> None:
         step = self._clock.step
@@ -666,7 +684,7 @@ class Watch:
             self._record()
         self._layer_stats.reset()
         self._updates.clear()
-        self._input = None
+        self._input = self._output = None
         self._forward_outputs = []
 
     # ------------------------------------------------------------------------------------------ records
@@ -690,6 +708,8 @@ class Watch:
                 transfer.add("checks", check_values)
             if self._input is not None:
                 transfer.add("input", self._input)
+            if self._output is not None:
+                transfer.add("output", self._output[0])
             fetched = transfer.fetch()   # the one host transfer of the step
         layer_rows = guard.run(Part.LAYERS, self._layer_stats.rows, fetched, len(self._layers))
         found = read(fetched.get("checks", []), checks, find=self._finding(), scaler=self._scaler.active is not None)
@@ -713,23 +733,32 @@ class Watch:
             clip_norm=finite(math.sqrt(sum(v * v for v in clip))) if clip is not None else None)
         self._scaler.skipped_steps.clear()
         self._write(rec.to_dict())
-        self._write(self._loop_record())
+        out = fetched.get("output")
+        self._write(self._loop_record(
+            output=(out, self._output[1]) if out is not None and self._output is not None else None))
         if self._tb is not None:
             self._guard.run(Part.TENSORBOARD, self._tb.step, rec)
 
-    def _loop_record(self) -> dict[str, Any]:
+    def _loop_record(self, output: tuple[list[float], int] | None = None) -> dict[str, Any]:
         """``{"kind": "loop", "step": S, "from_step": P, "forwards": n, "eval_forwards": e, "eval_steps": [...],
         "grad_checks": c, "stale_grad_steps": [...], "train_nograd_forwards": v, "train_nograd_repeats": r}`` for
         steps P..S: forward passes counted, how many of them ran in eval mode (and in which steps), how many
         backwards came first after an optimizer step and in which steps ``.grad`` was then still the one that step
         used (``zero_grad`` missing), and the root forwards in train mode with grad off (validation in train
-        mode; ``r`` of them on the same input as the one before). Resets them."""
+        mode; ``r`` of them on the same input as the one before). Resets them. With ``output`` (after a step
+        record whose first forward had a model output of 2+ classes): ``"output_min"``, ``"output_sum_lo"``,
+        ``"output_sum_hi"`` (the output's least entry and least/greatest row sum at step S) and
+        ``"output_cols"`` (its classes)."""
         loop, step = self._clock.loop, self._clock.step
         rec = {"kind": "loop", "step": step, "from_step": loop.from_step, "forwards": loop.forwards,
                "eval_forwards": loop.eval_forwards, "eval_steps": list(loop.eval_steps),
                "grad_checks": loop.grad_checks, "stale_grad_steps": list(loop.stale_grad_steps),
                "train_nograd_forwards": loop.train_nograd_forwards,
                "train_nograd_repeats": loop.train_nograd_repeats}
+        if output is not None:
+            (lo, sum_lo, sum_hi), cols = output
+            rec.update(output_min=finite(lo), output_sum_lo=finite(sum_lo), output_sum_hi=finite(sum_hi),
+                       output_cols=cols)
         loop.reset(step + 1)
         return rec
 

@@ -55,7 +55,9 @@ class Loop:
     eval-mode pass; ``stale_grad_steps``: the steps whose backward began with ``.grad`` still the unmodified
     tensor the previous optimizer step used (no ``zero_grad()``). ``train_nograd_forwards`` (per record): root
     forwards in train mode with grad disabled, not steps (validation left in train mode, Monte Carlo dropout);
-    ``train_nograd_repeats``: those on the very input tensor of the one before."""
+    ``train_nograd_repeats``: those on the very input tensor of the one before. ``output_min``,
+    ``output_sum_lo``, ``output_sum_hi`` (per record, NaN: not measured): the model output's least entry and
+    least/greatest row sum at the record's step; ``output_cols`` its classes (0: not measured)."""
 
     span: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))         # (R, 2)
     forwards: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))          # (R,)
@@ -65,6 +67,10 @@ class Loop:
     stale_grad_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted
     train_nograd_forwards: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (R,)
     train_nograd_repeats: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))   # (R,)
+    output_min: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))           # (R,)
+    output_sum_lo: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))        # (R,)
+    output_sum_hi: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))        # (R,)
+    output_cols: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))            # (R,)
 
     @property
     def records(self) -> int:
@@ -81,6 +87,9 @@ def loop_from_records(records: Sequence[LoopRecord]) -> Loop:
     def ints(xs: Sequence[int]) -> np.ndarray:
         return np.array(xs, dtype=np.int64)
 
+    def floats(xs: Sequence[float | None]) -> np.ndarray:
+        return np.array([np.nan if x is None else x for x in xs], dtype=np.float64)
+
     return Loop(span=np.array([(r.from_step, r.step) for r in records], dtype=np.int64).reshape(-1, 2),
                 forwards=ints([r.forwards for r in records]),
                 eval_forwards=ints([r.eval_forwards for r in records]),
@@ -88,7 +97,11 @@ def loop_from_records(records: Sequence[LoopRecord]) -> Loop:
                 eval_steps=ints([s for r in records for s in r.eval_steps]),
                 stale_grad_steps=ints([s for r in records for s in r.stale_grad_steps]),
                 train_nograd_forwards=ints([r.train_nograd_forwards for r in records]),
-                train_nograd_repeats=ints([r.train_nograd_repeats for r in records]))
+                train_nograd_repeats=ints([r.train_nograd_repeats for r in records]),
+                output_min=floats([r.output_min for r in records]),
+                output_sum_lo=floats([r.output_sum_lo for r in records]),
+                output_sum_hi=floats([r.output_sum_hi for r in records]),
+                output_cols=ints([r.output_cols or 0 for r in records]))
 
 
 @dataclass

@@ -291,7 +291,10 @@ class LoopRecord:
     step, and the steps whose ``.grad`` was then still the unmodified one that step used
     (``stale_grad_steps``: ``zero_grad()`` missing); ``train_nograd_forwards`` root forwards in train mode with
     grad disabled (not steps: validation left in train mode, or Monte Carlo dropout), ``train_nograd_repeats`` of
-    them on the same input tensor as the one before."""
+    them on the same input tensor as the one before. In a record after a ``step`` record whose forward had a
+    model output of 2 or more classes: ``output_min`` (its least entry), ``output_sum_lo``/``output_sum_hi`` (its
+    least and greatest row sum) at step ``step``, and ``output_cols`` (its classes); None otherwise (an older
+    writer, a record of no step, a one-column output)."""
 
     step: int
     from_step: int
@@ -302,13 +305,21 @@ class LoopRecord:
     stale_grad_steps: tuple[int, ...] = ()
     train_nograd_forwards: int = 0
     train_nograd_repeats: int = 0
+    output_min: float | None = None
+    output_sum_lo: float | None = None
+    output_sum_hi: float | None = None
+    output_cols: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "loop", "step": self.step, "from_step": self.from_step, "forwards": self.forwards,
-                "eval_forwards": self.eval_forwards, "eval_steps": list(self.eval_steps),
-                "grad_checks": self.grad_checks, "stale_grad_steps": list(self.stale_grad_steps),
-                "train_nograd_forwards": self.train_nograd_forwards,
-                "train_nograd_repeats": self.train_nograd_repeats}
+        d: dict[str, Any] = {
+            "kind": "loop", "step": self.step, "from_step": self.from_step, "forwards": self.forwards,
+            "eval_forwards": self.eval_forwards, "eval_steps": list(self.eval_steps),
+            "grad_checks": self.grad_checks, "stale_grad_steps": list(self.stale_grad_steps),
+            "train_nograd_forwards": self.train_nograd_forwards, "train_nograd_repeats": self.train_nograd_repeats}
+        if self.output_cols is not None:
+            d.update(output_min=_num(self.output_min), output_sum_lo=_num(self.output_sum_lo),
+                     output_sum_hi=_num(self.output_sum_hi), output_cols=self.output_cols)
+        return d
 
 
 def _num(v: float | int | None) -> float | int | None:

@@ -333,7 +333,8 @@ def loop(d: Mapping[str, Any]) -> LoopRecord:
     after the last step, has ``from_step`` = ``step`` + 1 and empty step lists); ``eval_forwards`` ≤
     ``forwards``; each step list strictly increasing inside ``from_step..step``, at most ``MAX_LOOP_STEPS``
     long and no longer than its count (``eval_forwards``, ``grad_checks``); ``train_nograd_repeats`` ≤
-    ``train_nograd_forwards``. Unknown keys are ignored."""
+    ``train_nograd_forwards``; ``output_cols`` (optional) ≥ 2, and with it ``output_min``, ``output_sum_lo`` ≤
+    ``output_sum_hi`` (numbers or null; without ``output_cols`` they are ignored). Unknown keys are ignored."""
     last = step(d.get("step"))
     first = step(d.get("from_step"), "from_step")
     if first > last + 1:
@@ -349,7 +350,20 @@ def loop(d: Mapping[str, Any]) -> LoopRecord:
                       eval_steps=_steps_in(d.get("eval_steps", []), "eval_steps", first, last, evals),
                       grad_checks=checks,
                       stale_grad_steps=_steps_in(d.get("stale_grad_steps", []), "stale_grad_steps", first, last,
-                                                 checks))
+                                                 checks),
+                      **_loop_output(d))
+
+
+def _loop_output(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional model-output keys of a ``loop`` record (``probabilities_as_logits``): {} when absent."""
+    cols = opt_integer(d.get("output_cols"), "output_cols", 2)
+    if cols is None:
+        return {}
+    lo, hi = number(d.get("output_sum_lo"), "output_sum_lo"), number(d.get("output_sum_hi"), "output_sum_hi")
+    if lo is not None and hi is not None and lo > hi:
+        raise BadRecord(f"output_sum_lo: {short_num(lo)} is above output_sum_hi {short_num(hi)}")
+    return {"output_min": number(d.get("output_min"), "output_min"), "output_sum_lo": lo, "output_sum_hi": hi,
+            "output_cols": cols}
 
 
 def _steps_in(v: Any, what: str, lo: int, hi: int, most: int) -> tuple[int, ...]:

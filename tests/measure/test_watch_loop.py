@@ -175,3 +175,40 @@ def test_the_same_validation_tensor_every_epoch_is_no_repeat(tmp_path: Path) -> 
     assert sum(r["train_nograd_forwards"] for r in loops) == 3
     assert sum(r["train_nograd_repeats"] for r in loops) == 0
     assert loops[-1]["from_step"] == loops[-1]["step"] + 1   # the last pass came after the last step
+
+
+# ---------------------------------------------------------------------------- model output: probabilities or not
+
+def _train_output(tmp_path: Path, head: nn.Module | None, out: int = 3, steps: int = 6) -> list[dict[str, Any]]:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, out)]
+    if head is not None:
+        layers.append(head)
+    model = nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, tmp_path, every=3, warmup=1, tensorboard=False, optimizer=opt):
+        for _ in range(steps):
+            opt.zero_grad()
+            y = model(torch.randn(8, 4))
+            (F.cross_entropy(y, torch.randint(0, out, (8,))) if out > 1 else y.mean()).backward()
+            opt.step()
+    return _loops(tmp_path)
+
+
+def test_a_softmax_output_is_measured_on_recorded_steps_only(tmp_path: Path) -> None:
+    loops = _train_output(tmp_path, nn.Softmax(dim=1))
+    measured = [r for r in loops if "output_cols" in r]
+    assert [r["step"] for r in measured] == [0, 3]   # the recorded steps (warmup 1, every 3); not the close record
+    for r in measured:
+        assert r["output_cols"] == 3 and r["output_min"] >= 0.0
+        assert abs(r["output_sum_lo"] - 1.0) < 1e-6 and abs(r["output_sum_hi"] - 1.0) < 1e-6
+    lp = load_run(tmp_path, warn=False).loop
+    assert lp.output_cols.tolist() == [3, 3, 0] and not load_run(tmp_path, warn=False).problems
+
+
+def test_logits_and_one_column_outputs(tmp_path: Path) -> None:
+    loops = _train_output(tmp_path / "logits", None)
+    r = next(r for r in loops if "output_cols" in r)
+    assert r["output_min"] < 0 and r["output_cols"] == 3
+    one = _train_output(tmp_path / "one", nn.Sigmoid(), out=1)
+    assert not any("output_cols" in r for r in one)   # a sigmoid/BCE output is never a distribution over classes

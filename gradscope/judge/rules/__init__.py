@@ -22,7 +22,7 @@ from gradscope.judge.rules.fitting import BiasVariance, Verdict, bias_variance
 _ORDER = (Code.DIVERGENCE, Code.EXPLODING_GRADIENTS, Code.VANISHING_GRADIENTS, Code.DEAD_RELU, Code.SATURATION,
           Code.UNNORMALIZED_INPUT, Code.LEARNING_RATE, Code.UNSTABLE_LOSS, Code.OVERFITTING, Code.UNDERFITTING,
           Code.POOR_INIT, Code.PARAM_NOT_UPDATED, Code.NO_GRADIENT, Code.LR_PLATEAU, Code.GRAD_NOT_ZEROED,
-          Code.EVAL_MODE_TRAINING, Code.TRAIN_MODE_EVAL)
+          Code.EVAL_MODE_TRAINING, Code.TRAIN_MODE_EVAL, Code.PROBABILITIES_AS_LOGITS)
 
 
 def _registry() -> dict[Code, Rule]:
@@ -59,10 +59,12 @@ lr_plateau = RULES[Code.LR_PLATEAU]
 grad_not_zeroed = RULES[Code.GRAD_NOT_ZEROED]
 eval_mode_training = RULES[Code.EVAL_MODE_TRAINING]
 train_mode_eval = RULES[Code.TRAIN_MODE_EVAL]
+probabilities_as_logits = RULES[Code.PROBABILITIES_AS_LOGITS]
 
 __all__ = ["RULES", "BiasVariance", "Context", "FixFunc", "Need", "Rule", "RuleFunc", "RuleResult", "Verdict",
            "bias_variance", "dead_relu", "divergence", "eval_mode_training", "exploding_gradients",
            "grad_not_zeroed", "learning_rate", "lr_plateau",
-           "no_gradient", "overfitting", "param_not_updated", "poor_init", "saturation", "train_mode_eval",
+           "no_gradient", "overfitting", "param_not_updated", "poor_init", "probabilities_as_logits", "saturation",
+           "train_mode_eval",
            "underfitting",
            "unnormalized_input", "unstable_loss", "vanishing_gradients"]

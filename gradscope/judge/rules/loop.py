@@ -16,6 +16,8 @@ And from the ``loop`` records the watch writes (``Run.loop``: how the loop itsel
   off and batch norm normalizes with its running statistics.
 - ``train_mode_eval``: validation runs under ``torch.no_grad()`` with the model still in train mode (dropout on,
   batch norm on batch statistics, its running statistics updated with validation data).
+- ``probabilities_as_logits``: the model outputs probabilities (a final softmax) and the loss is
+  ``nn.CrossEntropyLoss``, which applies a softmax again: gradients shrink and the loss has a floor.
 """
 
 from __future__ import annotations
@@ -798,6 +800,141 @@ def train_mode_eval_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | No
     ]
 
 
+# --------------------------------------------------------------------------------- probabilities_as_logits
+
+def _output_measured(run: Run) -> np.ndarray:
+    """Rows of the loop records whose model output was measured (min and both row sums finite, 2+ classes)."""
+    lp = run.loop
+    if lp.output_cols.size != lp.records:
+        return np.zeros(0, dtype=np.int64)
+    ok = (lp.output_cols >= 2) & np.isfinite(lp.output_min) & np.isfinite(lp.output_sum_lo) \
+        & np.isfinite(lp.output_sum_hi)
+    return np.flatnonzero(ok)
+
+
+def _no_output(run: Run, th: Thresholds) -> str | None:
+    n = _output_measured(run).size
+    if n < th.loop_min_steps:
+        return (f"the model output was measured on {n} recorded step(s); needs {th.loop_min_steps} (a log older "
+                "than this check, or no model output with 2 or more classes)")
+    return None
+
+
+OUTPUT_MEASURED = Need("the model output measured on at least ``loop_min_steps`` recorded steps (``loop`` records)",
+                       _no_output)
+
+
+def probs_floor(classes: int) -> float:
+    """The least ``nn.CrossEntropyLoss`` can be on probabilities over ``classes`` classes: softmax of a one-hot
+    row gives the target e / (e + C − 1), so the loss is ≥ log(C + e − 1) − 1."""
+    return math.log(classes + math.e - 1.0) - 1.0
+
+
+@dataclass(frozen=True)
+class ProbsDetail:
+    """What ``probabilities_as_logits`` hands its fixes: the classes, and whether the loss confirmed it."""
+
+    classes: int = 2
+    confirmed: bool = False
+
+
+def probabilities_as_logits(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
+    """The model outputs probabilities (a final softmax) and they go into ``nn.CrossEntropyLoss``, which applies
+    log-softmax itself: softmax twice.
+
+    Symptom: the loss falls at first, then stops at a floor well above 0 however long it trains (1.46 for 10
+    classes), gradients are small, accuracy can still look reasonable.
+
+    Detected when, on at least ``probs_fraction`` of the recorded steps whose model output was measured (at
+    least ``loop_min_steps``; the first floating-point output of 2+ dimensions, its classes along dim 1 of a 2-D
+    output, the last dim otherwise, at least 2 of them), every entry was ≥ 0 and every row summed to 1 within
+    ``probs_sum_tolerance`` — and then by the logged loss (``train_loss``, else ``val_loss``, at least
+    ``loop_min_steps`` values). ``nn.CrossEntropyLoss`` on probabilities p cannot go below log(C + e − 1) − 1
+    (C classes: the softmax of a one-hot p gives the target only e / (e + C − 1)): a loss whose minimum is
+    at or above that floor (less ``probs_floor_slack``) after falling at least ``probs_floor_near`` of the way
+    there from chance (log C) is a warning. A loss below the floor is not cross-entropy on these probabilities
+    (``NLLLoss(torch.log(p))``, or a loss of its own): nothing is said. Without a logged loss, or with one still
+    near chance, the finding is info and worded conditionally. A one-column output (sigmoid with
+    ``BCELoss``) is never judged, and multi-label sigmoid outputs do not sum to 1.
+
+    Confidence: the fraction of measured steps whose output was probabilities (halved when the loss did not
+    confirm it).
+
+    Why it matters: softmax of values in [0, 1] can only move each logit by 1, so the predicted distribution
+    stays close to uniform, the loss never reaches 0 and its gradient is squashed by the second softmax's
+    Jacobian: training is slow and ends at a floor.
+
+    Fixes: drop the final softmax and give the logits to ``nn.CrossEntropyLoss`` (softmax only for metrics and
+    inference); or keep the probabilities and use ``nn.NLLLoss`` on their log (better: ``log_softmax`` in the
+    model).
+    """
+    code = Code.PROBABILITIES_AS_LOGITS
+    lp = run.loop
+    rows = _output_measured(run)
+    if rows.size == 0:
+        return []
+    dev = np.maximum(np.abs(lp.output_sum_lo[rows] - 1.0), np.abs(lp.output_sum_hi[rows] - 1.0))
+    probs = (lp.output_min[rows] >= 0.0) & (dev <= th.probs_sum_tolerance)
+    frac = float(probs.mean())
+    if frac < th.probs_fraction:
+        return []
+    classes = int(np.median(lp.output_cols[rows][probs]))
+    floor = probs_floor(classes)
+    chance = math.log(classes)
+    span = lp.span[rows[probs]]
+    steps = (int(span[:, 1].min()), int(span[:, 1].max()))
+    what = (f"the model output was probabilities on {int(probs.sum())} of {rows.size} measured steps "
+            f"({pct(frac)}; {fmt_steps(steps)}): {classes} columns, every entry ≥ 0 (least "
+            f"{fmt_num(float(lp.output_min[rows][probs].min()))}), every row summing to 1 within "
+            f"{fmt_num(float(dev[probs].max()))}")
+    evidence: dict[str, object] = {"prob_steps": int(probs.sum()), "measured": int(rows.size), "fraction": frac,
+                                   "classes": classes, "floor": floor, "max_row_sum_dev": float(dev[probs].max()),
+                                   "threshold": th.probs_fraction}
+    metric = None
+    for key in ("train_loss", "val_loss"):
+        _, v = finite_series(run.metrics.get(key))
+        if v.size >= th.loop_min_steps:
+            metric, low = key, float(v.min())
+            break
+    confirmed = False
+    if metric is not None:
+        evidence.update(loss_metric=metric, loss_min=low)
+        if low < floor * (1.0 - th.probs_floor_slack):
+            return []   # the loss went where cross-entropy on these probabilities cannot: NLL(log p), BCE, ...
+        confirmed = chance - low >= th.probs_floor_near * (chance - floor)
+    if confirmed:
+        msg = (f"{what}; the logged {metric} never went below {fmt_num(low)}, and nn.CrossEntropyLoss on "
+               f"probabilities cannot go below log(C + e − 1) − 1 = {fmt_num(floor)} for {classes} classes "
+               f"(chance: {fmt_num(chance)}): softmax applied twice")
+        return [Finding(code, Severity.WARNING, "Probabilities fed to a loss that expects logits", msg,
+                        steps=steps, evidence=evidence, confidence=frac, detail=ProbsDetail(classes, True))]
+    loss = (f"the logged {metric} (least {fmt_num(low)}) is still above that floor, near chance "
+            f"({fmt_num(chance)})" if metric is not None else "no train_loss is logged to tell")
+    msg = (f"{what}. If these probabilities go into nn.CrossEntropyLoss (or F.cross_entropy), softmax is applied "
+           f"twice and the loss cannot go below {fmt_num(floor)}; with NLLLoss on their log or a loss made for "
+           f"probabilities this is fine ({loss})")
+    return [Finding(code, Severity.INFO, "The model outputs probabilities: not logits for CrossEntropyLoss?", msg,
+                    steps=steps, evidence=evidence, confidence=frac / 2, detail=ProbsDetail(classes, False))]
+
+
+def probabilities_as_logits_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    return [
+        Fix(FixKind.ACTIVATION,
+            "Drop the final softmax: return the logits and let nn.CrossEntropyLoss apply log-softmax (softmax only "
+            "for metrics and inference)",
+            "# a softmax module at the end of the model becomes the identity (F.softmax/torch.softmax in forward():\n"
+            "# return the logits instead); apply torch.softmax(logits, dim=1) only for metrics and inference\n"
+            "for parent in model.modules():\n"
+            "    for name, child in list(parent.named_children()):\n"
+            "        if isinstance(child, torch.nn.Softmax):\n"
+            "            setattr(parent, name, torch.nn.Identity())"),
+        Fix(FixKind.TRAINING_LOOP,
+            "Or keep the probabilities and use NLLLoss on their log (log_softmax in the model is more stable)",
+            "criterion = torch.nn.NLLLoss()   # instead of torch.nn.CrossEntropyLoss()\n"
+            "# loss = criterion(torch.log(probs.clamp_min(1e-12)), target)"),
+    ]
+
+
 RULES = (
     Rule(Code.PARAM_NOT_UPDATED, param_not_updated, param_not_updated_fixes, "loop",
          needs=(LOG, STEPS, param_stat("update_ratio"), param_stat("grad_norm"))),
@@ -808,5 +945,7 @@ RULES = (
          needs=(LOG, LOOP_RECORDS, GRAD_CHECKS)),
     Rule(Code.EVAL_MODE_TRAINING, eval_mode_training, eval_mode_training_fixes, "loop", needs=(LOG, LOOP_RECORDS)),
     Rule(Code.TRAIN_MODE_EVAL, train_mode_eval, train_mode_eval_fixes, "loop", needs=(LOG, LOOP_ANY)),
+    Rule(Code.PROBABILITIES_AS_LOGITS, probabilities_as_logits, probabilities_as_logits_fixes, "loop",
+         needs=(LOG, OUTPUT_MEASURED)),
 )
 """This family's registry entries (``gradscope.judge.rules.RULES`` orders them with the others)."""
