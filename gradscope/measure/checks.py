@@ -89,10 +89,20 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def probe(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One value per tensor, non-finite if and only if the tensor holds a NaN/Inf: their infinity norms, in
-    one fused op (exact in any float dtype, no overflow). Tensors on several devices (a model split across
-    GPUs) are gathered on the first one's device."""
-    values = torch._foreach_norm([local(t) for t in tensors], ord=math.inf)
+    """One value per tensor, non-finite if the tensor holds a NaN/Inf, in one fused op.
+
+    On a GPU (and for anything but fp32 on the CPU): infinity norms, exact in any float dtype and unable to
+    overflow. On the CPU, fp32 tensors take the L2 norm instead: torch's CPU infinity norm is ~20× slower than
+    its L2 norm (22 ms vs 1 ms for four 8 MB activations, which made unrecorded steps of a small CNN 12%
+    slower), and the L2 norm propagates NaN/Inf the same way. Its one difference: an output whose L2 norm
+    exceeds fp32's range (~1.8e19 root-mean-square × √n) reads as non-finite — a signal that large has
+    diverged anyway. Tensors on several devices (a model split across GPUs) are gathered on the first one's
+    device."""
+    ts = [local(t) for t in tensors]
+    if all(t.dtype == _F32 and t.device.type == "cpu" for t in ts):
+        values = torch._foreach_norm(ts)
+    else:
+        values = torch._foreach_norm(ts, ord=math.inf)
     try:
         return torch.stack(values)
     except RuntimeError:
