@@ -2045,6 +2045,11 @@ def _holdout_healthy_softmax_nll(logdir: Path) -> None:
         loss=_nll_of_probs)
 
 
+# Cases that live in their own modules (they import ``case`` and the helpers above, so they load here, once
+# everything they use is defined, and before the indexes below are built).
+from zoo import consequences as _consequences  # noqa: E402,F401
+from zoo import recipes as _recipes  # noqa: E402,F401
+
 # The indexes over every case, rebuilt after the cases appended below their first definition above (issue 11's
 # and issue 12's cases): keep this block at the end of the file, below the last case.
 CALIBRATION = [c for c in CASES if not c.holdout]
