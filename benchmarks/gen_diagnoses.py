@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.zoo_scores import GROUPS, _ratio, markdown_rows, score_rows  # noqa: E402
+from benchmarks.zoo_scores import GROUPS, VIEWS, _ratio, markdown_rows, score_rows  # noqa: E402
 from gradscope.judge.causes import LINKS  # noqa: E402
 from gradscope.judge.rules import RULES  # noqa: E402
 from gradscope.judge.thresholds import Thresholds  # noqa: E402
@@ -89,6 +89,7 @@ def generate(snapshot: dict[str, Any]) -> str:
     docs = Thresholds.docs()
     cases: list[dict[str, Any]] = snapshot["cases"]
     by_group = {g: [c for c in cases if c["group"] == g] for g, _ in GROUPS}
+    by_view = {v: [c for c in cases if keep(c)] for v, _, keep in VIEWS}
     out: list[str] = [
         "# Diagnoses",
         "",
@@ -106,17 +107,21 @@ def generate(snapshot: dict[str, Any]) -> str:
         "**hold-out** (runs never used to choose a threshold) and **unseen hold-out** (runs written in the "
         "calibration pass before their first training and scored once, never tuned on; a miss there stays a "
         "miss). Precision = TP / (TP + FP), recall = TP / (TP + FN); cases that allow a code (a side effect a "
-        "practitioner accepts) do not count for it.",
+        "practitioner accepts) do not count for it. Two views cut across the sets: the **real recipes** "
+        "(`recipe_*` runs: training recipes as practitioners write them — BN ResNet with a schedule, GPT with "
+        "warm-up, cosine decay and clipping, a Hugging Face model from random init, LSTM language models, ViT, "
+        "GRU, OneCycle, bf16/fp16 — and a broken twin of each) and **all runs**.",
         "",
         "## Summary",
         "",
-        "| code | what | calibration P / R | hold-out P / R | unseen hold-out P / R |",
-        "|---|---|---|---|---|",
+        "| code | what | calibration P / R | hold-out P / R | unseen hold-out P / R | real recipes P / R "
+        "| all runs P / R |",
+        "|---|---|---|---|---|---|---|",
     ]
     for code, rule in RULES.items():
         cells = []
-        for g, _ in GROUPS:
-            r = score_rows(by_group[g])[code.value]
+        for rows in [*(by_group[g] for g, _ in GROUPS), *(by_view[v] for v, _, _ in VIEWS)]:
+            r = score_rows(rows)[code.value]
             cells.append(f"{_ratio(r['tp'], r['tp'] + r['fp'])} / {_ratio(r['tp'], r['tp'] + r['fn'])}")
         out.append(f"| [`{code.value}`](#{code.value}) | {_md(rule.summary)} | " + " | ".join(cells) + " |")
     used: set[str] = set()
@@ -163,6 +168,8 @@ def generate(snapshot: dict[str, Any]) -> str:
         out += ["### On the zoo", ""]
         for g, title in GROUPS:
             out.append(f"- {title.replace(' set', '')}: {_pr(by_group[g], code.value)}")
+        for v, title, _ in VIEWS:
+            out.append(f"- {title}: {_pr(by_view[v], code.value)}")
         fires_where = [c["name"] for c in cases if code.value in c["must"]]
         if fires_where:
             out.append("- Cases that require it: " + ", ".join(f"`{n}`" for n in fires_where) + ".")
@@ -176,6 +183,8 @@ def generate(snapshot: dict[str, Any]) -> str:
     out += ["## Zoo scores", ""]
     for g, title in GROUPS:
         out += [markdown_rows(title, by_group[g], heading="###"), ""]
+    for v, title, _ in VIEWS:
+        out += [markdown_rows(title, by_view[v], heading="###"), ""]
     misses = [c for c in cases if c.get("known_miss")]
     if misses:
         out += ["### Known misses", ""]

@@ -1,4 +1,5 @@
-"""Precision and recall of each rule over the gradscope zoo (zoo/): calibration, hold-out and unseen hold-out.
+"""Precision and recall of each rule over the gradscope zoo (zoo/): calibration, hold-out, unseen hold-out, and
+the views across them (the real recipes, all runs).
 
     python benchmarks/zoo_scores.py [--logdir DIR] [--markdown-only] [--snapshot benchmarks/zoo_snapshot.json]
 
@@ -21,7 +22,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ from zoo.runner import Outcome, ZooRunner, fired, offered, stable_fired
 
 GROUPS = (("calibration", "Calibration set"), ("holdout", "Hold-out set"), ("unseen", "Unseen hold-out set"))
 """Snapshot group name → table title, in the order the tables are printed."""
+
+
+VIEWS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], bool]], ...] = (
+    ("recipes", "Real recipes", lambda r: str(r["name"]).startswith("recipe_")),
+    ("all", "All runs", lambda r: True),
+)
+"""Views across the groups (name, table title, which snapshot rows): the real recipes of zoo/recipes.py (healthy
+training recipes as practitioners write them and their broken twins, from every group) and the whole zoo."""
 
 
 def group(case: Case) -> str:
@@ -133,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     snap = snapshot(outcomes)
     for name, title in GROUPS:
         print(markdown_rows(title, [r for r in snap["cases"] if r["group"] == name]))
+        print()
+    for _, title, keep in VIEWS:
+        print(markdown_rows(title, [r for r in snap["cases"] if keep(r)]))
         print()
     if args.snapshot is not None:
         args.snapshot.write_text(json.dumps(snap, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
