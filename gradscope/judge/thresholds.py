@@ -497,6 +497,26 @@ class Thresholds:
     way and stopped at the floor is the signature of ``nn.CrossEntropyLoss`` on probabilities. A loss still near
     chance (a model that learned nothing yet, whatever its loss) gets the conditional info finding instead."""
 
+    # ---------------------------------------------------------------- issue 11.4: confidence from evidence
+    confidence_floor: float = 0.5
+    """Confidence of a finding whose evidence sits exactly at its thresholds, with the least data its rule
+    accepts (gradscope/judge/confidence.py): a threshold is where a rule is undecided, so a verdict there is as
+    likely right as wrong. The evidence (margin past the thresholds, support over steps, agreeing signals) takes
+    the confidence from here towards 1; an info finding worded as a question ("on purpose?", "if these go into
+    CrossEntropyLoss") stays below it."""
+
+    confidence_support_level: float = 0.95
+    """One-sided level of the Wilson score lower bound (Wilson 1927) on the fraction of recorded steps (layers,
+    evaluations) on which a finding's condition held: 3 of 3 steps give 0.53, 30 of 30 give 0.92, 300 of 300
+    give 0.99, so a short run is less certain than a long one with the same fraction. 95 %, the level of the
+    other intervals here (``plateau_confidence``, ``lr_trend_confidence``)."""
+
+    confidence_no_lr_factor: float = 0.8
+    """Factor on ``param_not_updated``'s confidence when the learning rate is not recorded (no ``optimizer=``):
+    then a param group frozen on purpose by a learning rate of 0 looks exactly like a parameter missing from the
+    optimizer, and only the first ``not_updated_skip_steps`` steps are left out for a warm-up. A fifth off: the
+    finding still stands on every judged step, but one explanation cannot be ruled out."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
