@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradscope.judge.confidence import confidence, fraction_margin, mean, support
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     LOG,
@@ -79,6 +80,12 @@ def _unit_fraction_rule(run: Run, th: Thresholds, code: Code, field: str, acts: 
     tail_steps = steps_all[tail]
     steps = step_range(tail_steps)
     dmean = stat(run, "layer", "dmean") if code is Code.SATURATION else None
+    # Support for the confidence: per layer, the tail steps on which the finding's condition held (in one pass).
+    ftail = frac[tail]
+    dtail = dmean[rows][tail][:, cand] if dmean is not None else np.full_like(ftail, np.nan)
+    with np.errstate(invalid="ignore"):
+        held = (ftail >= warn_at) | (dtail < th.saturation_dmean)
+    n_held, n_judged = held.sum(axis=0), (np.isfinite(ftail) | np.isfinite(dtail)).sum(axis=0)
     for j, i in enumerate(cand):
         m = float(med[j])
         la = run.layers[i]
@@ -111,7 +118,11 @@ def _unit_fraction_rule(run: Run, th: Thresholds, code: Code, field: str, acts: 
             evidence["judged_before_divergence_at"] = diverged
         findings.append(Finding(code, severity, _TITLES[code], msg, layers=(la.name,), steps=steps,
                                 evidence=evidence,
-                                confidence=min(1.0, 0.5 + (m if np.isfinite(m) else 0.0) / 2)))
+                                confidence=confidence(mean(
+                                    support(int(n_held[j]), int(n_judged[j]), th.confidence_support_level),
+                                    max(fraction_margin(m, warn_at),
+                                        fraction_margin(dm, th.saturation_dmean, 0.0) if by_derivative else 0.0)),
+                                    th.confidence_floor)))
     return findings
 
 
@@ -129,6 +140,10 @@ def dead_relu(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     ``dead_fraction`` (error at ``dead_fraction_error``). Leaky/ELU/GELU-like activations are not judged:
     their units keep a gradient for negative inputs. Only recorded steps before the run's first non-finite
     value count: a NaN activation is never positive, so after divergence every unit would look dead.
+
+    Confidence: ``confidence_floor`` + (1 − floor) × the mean of the support — the Wilson lower bound
+    (``confidence_support_level``) of the share of judged steps whose dead fraction was at least
+    ``dead_fraction`` — and the margin (median − ``dead_fraction``) / (1 − ``dead_fraction``).
 
     Why it matters: a ReLU unit whose pre-activation is negative for every input gets zero gradient forever
     (its weights never change), so a dead layer has lost that share of its capacity for good.
@@ -153,6 +168,12 @@ def saturation(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     every sample). The output layer is not judged: a
     confident classifier's output sigmoid is saturated by design. Only recorded steps before the run's first
     non-finite value count.
+
+    Confidence: ``confidence_floor`` + (1 − floor) × the mean of the support — the Wilson lower bound
+    (``confidence_support_level``) of the share of judged steps on which the saturated fraction reached
+    ``saturation_fraction`` or the mean derivative was below ``saturation_dmean`` — and the margin, the larger of
+    (median fraction − ``saturation_fraction``) / (1 − ``saturation_fraction``) and, when the derivative
+    criterion holds, (``saturation_dmean`` − median derivative) / ``saturation_dmean``.
 
     Why it matters: tanh'(z) = 1 − tanh²(z) and σ'(z) = σ(z)(1 − σ(z)) go to 0 for large |z|, so the
     gradient through a saturated unit is (almost) zero and the layers below it stop learning.
