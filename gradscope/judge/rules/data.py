@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradscope.judge.confidence import agree, confidence, ratio_margin, support
+from gradscope.judge.confidence import mean as mean_of
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     LOG,
@@ -77,6 +79,23 @@ def first_layer_input_rms(run: Run) -> tuple[str, int, float] | None:
     return la.name, int(run.steps[r]), math.sqrt(max(ez2, 0.0) / (la.fan_in * msq))
 
 
+def _records_held(stats: list[InputStats], th: Thresholds) -> tuple[int, int]:
+    """(input records on which any ``unnormalized_input`` criterion held, records with statistics), one array
+    pass: the support behind the rule's confidence."""
+    def arr(vals: list[float | None]) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in vals], dtype=float)
+
+    sd, mu = arr([s.std for s in stats]), np.abs(arr([s.mean for s in stats]))
+    fsn, fsx = arr([s.feature_std_min for s in stats]), arr([s.feature_std_max for s in stats])
+    fmu = arr([s.feature_mean_absmax for s in stats])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        held = ((sd > th.input_std_max) | (mu / sd > th.input_mean_std_ratio) | (fsx > th.input_std_max)
+                | (fmu > th.input_mean_max) | (mu > th.input_mean_max)
+                | ((fsn > 0) & (fsx / fsn > th.input_feature_spread)))
+    seen = np.isfinite(sd) | np.isfinite(mu) | np.isfinite(fsx) | np.isfinite(fmu)
+    return int((held & seen).sum()), int(seen.sum())
+
+
 INPUTS = Need("statistics of the model's input (a float tensor)",
               lambda run, th: None if run.inputs else
               "no input statistics recorded (the model's first input is not a float tensor)")
@@ -98,6 +117,12 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     of what the first Linear/convolution receives, estimated from its output and weights on the first
     recorded step, is below ``input_inside_rms``, the model standardizes the input inside ``forward()`` (a
     buffer mean/std): an info finding says so, with no fix.
+
+    Confidence: ``confidence_floor`` + (1 − floor) × the mean of the support — the Wilson lower bound
+    (``confidence_support_level``) of the share of input records on which any criterion held — and the criteria
+    that fired taken as agreeing signals, 1 − Π(1 − mᵢ), each with its margin mᵢ = 1 − threshold / value (log
+    scale; |mean|/std against ``input_mean_std_ratio``, a std against ``input_std_max``, …). The info finding:
+    floor + (1 − floor) × the mean of 1 − estimate / ``input_inside_rms`` and 1 − ``input_std_max`` / raw RMS.
 
     Why it matters: the variance arguments behind Glorot/He initialization assume zero-mean, unit-variance
     inputs; a large or offset input scales the first layer's pre-activations and gradients accordingly, and
@@ -122,20 +147,27 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     fsmax = _median([s.feature_std_max for s in stats])
     fmean = _median([s.feature_mean_absmax for s in stats])
     reasons: list[str] = []
+    margins: list[float] = []      # per criterion that fired, how far past its threshold (for the confidence)
     if std is not None and std > th.input_std_max:
         reasons.append(f"std {fmt_num(std)} (threshold {fmt_num(th.input_std_max)})")
+        margins.append(ratio_margin(std, th.input_std_max))
     if mean is not None and std is not None and std > 0 and abs(mean) / std > th.input_mean_std_ratio:
         reasons.append(f"mean {fmt_num(mean)} is {fmt_num(abs(mean) / std)} stds from 0 "
                        f"(threshold {fmt_num(th.input_mean_std_ratio)})")
+        margins.append(ratio_margin(abs(mean) / std, th.input_mean_std_ratio))
     if fsmax is not None and fsmax > th.input_std_max and not (std is not None and std > th.input_std_max):
         reasons.append(f"a feature's std is {fmt_num(fsmax)} (threshold {fmt_num(th.input_std_max)})")
+        margins.append(ratio_margin(fsmax, th.input_std_max))
     if fmean is not None and fmean > th.input_mean_max and not (mean is not None and abs(mean) > th.input_mean_max):
         reasons.append(f"a feature's |mean| is {fmt_num(fmean)} (threshold {fmt_num(th.input_mean_max)})")
+        margins.append(ratio_margin(fmean, th.input_mean_max))
     elif mean is not None and abs(mean) > th.input_mean_max and not any("stds from 0" in r for r in reasons):
         reasons.append(f"mean {fmt_num(mean)} (threshold {fmt_num(th.input_mean_max)})")
+        margins.append(ratio_margin(abs(mean), th.input_mean_max))
     if fsmin is not None and fsmax is not None and fsmin > 0 and fsmax / fsmin > th.input_feature_spread:
         reasons.append(f"feature stds span {fmt_num(fsmin)}–{fmt_num(fsmax)} ({fmt_num(fsmax / fsmin)}×, "
                        f"threshold {fmt_num(th.input_feature_spread)}×)")
+        margins.append(ratio_margin(fsmax / fsmin, th.input_feature_spread))
     if not reasons:
         return []
     steps = step_range([s for s, _ in run.inputs])
@@ -149,7 +181,9 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                         f"{fmt_num(th.input_inside_rms)}; raw input RMS {fmt_num(root_rms)}): the model normalizes "
                         f"its input inside forward()", layers=(name,), steps=steps,
                         evidence={"mean": mean, "std": std, "first_layer_input_rms": rms, "criteria": reasons},
-                        confidence=0.7, detail=InputDetail(mean=mean, std=std, inside=True))]
+                        confidence=confidence(mean_of(1.0 - rms / th.input_inside_rms,
+                                                      ratio_margin(root_rms, th.input_std_max)), th.confidence_floor),
+                        detail=InputDetail(mean=mean, std=std, inside=True))]
     if est is not None:
         reasons.append(f"what {label(est[0])} receives has an estimated RMS of {fmt_num(est[2])} at step {est[1]}")
     else:
@@ -159,7 +193,9 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 "max": _median([s.max for s in stats]), "criteria": reasons,
                 "first_layer": first.name if first else None, "first_layer_input_rms": est[2] if est else None}
     return [Finding(code, Severity.WARNING, "Inputs not normalized", "model input: " + "; ".join(reasons),
-                    layers=(first.name,) if first else (), steps=steps, evidence=evidence, confidence=0.8,
+                    layers=(first.name,) if first else (), steps=steps, evidence=evidence,
+                    confidence=confidence(mean_of(support(*_records_held(stats, th), th.confidence_support_level),
+                                                  agree(*margins)), th.confidence_floor),
                     detail=InputDetail(mean=mean, std=std))]
 
 
