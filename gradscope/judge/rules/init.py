@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradscope.judge.confidence import agree, confidence, fraction_margin, mean, ratio_margin, support
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     LOG,
@@ -82,6 +83,13 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
     Fixes: re-initialize the named layers with the matching scheme (``kaiming_normal_``, ``xavier_normal_``
     with the activation's gain, LeCun normal for SELU); normalization layers make a net less sensitive to init.
+
+    Confidence: ``confidence_floor`` + (1 − floor) × the mean of three strengths: the worst layer's margin
+    1 − ``poor_init_factor`` / (its variance ratio, either way; 1 for an all-equal layer); what shows, its
+    signals taken as agreeing, 1 − Π(1 − mᵢ), with margins 1 − ``signal_depth_factor`` / (the depth change,
+    either way), (fraction − ``saturation_fraction``) / (1 − ``saturation_fraction``) and (``saturation_dmean``
+    − derivative) / ``saturation_dmean``; and the support, the Wilson lower bound (``confidence_support_level``)
+    of the share of early steps on which one of them held (both 0 when nothing shows).
     """
     code = Code.POOR_INIT
     pidx = param_index(run)
@@ -110,6 +118,8 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     if not mis and not symmetric:
         return []
     shows: list[str] = []
+    show_margins: list[float] = []      # per signal in ``shows``, how far past its threshold (confidence)
+    held = np.zeros(0, dtype=bool)      # early steps on which one of those signals held (confidence)
     evidence: dict[str, object] = {}
     early_steps = None
     var = stat(run, "layer", "var")
@@ -119,10 +129,15 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         early = rows[:k]
         early_steps = (int(run.steps[early[0]]), int(run.steps[early[-1]]))
         std = np.sqrt(np.where(var[early] >= 0, var[early], np.nan))
+        held = np.zeros(early.size, dtype=bool)
         wl = [li for li, _ in w]
         if len(wl) >= 2:
-            depth = float(nanmedian(safe_div(std[:, wl[-1]], std[:, wl[0]])))
+            depth_rows = safe_div(std[:, wl[-1]], std[:, wl[0]])
+            depth = float(nanmedian(depth_rows))
             if np.isfinite(depth) and (depth > th.signal_depth_factor or depth < 1.0 / th.signal_depth_factor):
+                show_margins.append(ratio_margin(max(depth, 1.0 / depth), th.signal_depth_factor))
+                with np.errstate(invalid="ignore"):
+                    held |= (depth_rows > th.signal_depth_factor) | (depth_rows < 1.0 / th.signal_depth_factor)
                 shows.append(f"activation std changes {fmt_num(depth)}× from {label(run.layers[wl[0]].name)} to "
                              f"{label(run.layers[wl[-1]].name)} on the first steps (threshold "
                              f"{fmt_num(th.signal_depth_factor)}× either way)")
@@ -133,21 +148,31 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             if (run.layers[li].act or "").lower() not in SATURATING_ACTIVATIONS:
                 continue
             name = label(run.layers[li].name)
-            f = float(nanmedian(safe_div(sat[early, li], units[early, li]))) if sat is not None and \
-                units is not None else float("nan")
-            dm = float(nanmedian(dmean[early, li])) if dmean is not None else float("nan")
+            f_rows = safe_div(sat[early, li], units[early, li]) if sat is not None and units is not None else \
+                np.full(early.size, np.nan)
+            dm_rows = dmean[early, li] if dmean is not None else np.full(early.size, np.nan)
+            f = float(nanmedian(f_rows))
+            dm = float(nanmedian(dm_rows))
             if np.isfinite(f) and f >= th.saturation_fraction:
                 shows.append(f"{pct(f)} of {name}'s units saturated on the first steps")
+                show_margins.append(fraction_margin(f, th.saturation_fraction))
+                with np.errstate(invalid="ignore"):
+                    held |= f_rows >= th.saturation_fraction
             elif np.isfinite(dm) and dm < th.saturation_dmean:
                 # Few units pinned on every sample, but most inputs land in the flat tails: the layer passes
                 # less than ``saturation_dmean`` of a linear unit's gradient from the start.
                 shows.append(f"{name}'s mean {run.layers[li].act} derivative is {pct(dm)} of its maximum on the "
                              f"first steps (threshold {pct(th.saturation_dmean)})")
+                show_margins.append(fraction_margin(dm, th.saturation_dmean, 0.0))
+                with np.errstate(invalid="ignore"):
+                    held |= dm_rows < th.saturation_dmean
     parts: list[str] = []
     layers: list[str] = []
     per_layer: dict[str, dict[str, object]] = {}
+    init_margin = 1.0 if symmetric else 0.0     # the worst layer's margin past poor_init_factor (confidence)
     if mis and shows:
         for li, q, tgt in mis:
+            init_margin = max(init_margin, ratio_margin(max(q, 1.0 / q), th.poor_init_factor))
             la = run.layers[li]
             wp = run.params[pidx[la.weight]] if la.weight in pidx else None
             actual = (wp.init_std or 0.0) ** 2 if wp is not None else float("nan")
@@ -177,7 +202,10 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     detail = PoorInitDetail(nonlinearity={n: str(v["nonlinearity"]) for n, v in per_layer.items()
                                           if v.get("nonlinearity") is not None})
     return [Finding(code, Severity.WARNING, "Poor weight initialization", msg, layers=tuple(layers),
-                    steps=early_steps, evidence=evidence, confidence=0.8 if shows else 0.7, detail=detail)]
+                    steps=early_steps, evidence=evidence, detail=detail,
+                    confidence=confidence(mean(init_margin, agree(*show_margins),
+                                               support(int(held.sum()), held.size, th.confidence_support_level)
+                                               if shows else 0.0), th.confidence_floor))]
 
 
 # ---------------------------------------------------------------- fixes
