@@ -22,6 +22,7 @@ from typing import TypedDict
 
 import numpy as np
 
+from gradscope.judge.confidence import agree, confidence, fraction_margin, mean, ratio_margin, support
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     Context,
@@ -240,6 +241,12 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     (a classifier, see ``is_classifier``) while the model fits the training set, the finding says so and the
     first fix is to check the labels and the split: the best evaluation is an untrained model.
 
+    Confidence: ``confidence_floor`` + (1 − floor) × the errors and the loss curve taken as agreeing signals,
+    1 − (1 − e)(1 − c): e = 1 − ``variance`` / variance when the errors show high variance (else 0); c = the mean
+    of the rise's margin 1 − ``overfit_val_rise`` / rise (the smaller of the last value's and the median's) and
+    the support, the Wilson lower bound (``confidence_support_level``) of the share of evaluations after the
+    best that sit ``overfit_val_rise`` above it (else 0).
+
     Fixes: early stopping at the best evaluation; weight decay / dropout; more data or augmentation;
     a smaller model.
     """
@@ -294,7 +301,16 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                          f"labels and the train/validation split before tuning anything")
     if severity is None:
         return []
-    conf = 0.9 if (bv is not None and bv.high_variance and curve is not None) else 0.75
+    s_err = ratio_margin(bv.variance, th.variance) if bv is not None and bv.high_variance else 0.0
+    s_curve = 0.0
+    if curve is not None:
+        vv = finite_series(run.metrics.get("val_loss"))[1]
+        vmin, after = curve["best_val_loss"], vv[curve["best_eval"]:]
+        risen = after / vmin - 1.0 >= th.overfit_val_rise
+        rise = min(curve["val_rise"], float(np.median(after)) / vmin - 1.0)
+        s_curve = mean(ratio_margin(rise, th.overfit_val_rise),
+                       support(int(risen.sum()), int(after.size), th.confidence_support_level))
+    conf = confidence(agree(s_err, s_curve), th.confidence_floor)
     if bv is not None and ctx.baseline_error is None:
         evidence["note"] = "no baseline error given; variance does not need one"
     detail = None if curve is None else BestEvaluation(step=curve["best_step"], index=curve["best_eval"],
@@ -324,6 +340,16 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     When only the validation accuracy is logged (no ``train_acc``) and the final training and validation losses
     are within ``underfit_gap`` of each other, the validation error stands for the training error. A head with
     C ≥ 2 outputs counts as a classifier (chance level log(C)) only with evidence (``classifier_start_band``).
+
+    Confidence: ``confidence_floor`` + (1 − floor) × a strength. From errors: the mean of the margin
+    1 − ``avoidable_bias`` / avoidable bias, the support — the Wilson lower bound (``confidence_support_level``) of
+    the share of the last ``tail_fraction`` of error values whose avoidable bias is above ``avoidable_bias`` — and
+    the anchor: 1 with a baseline error given, else train error / chance-level error 1 − 1/C (0 when C is
+    unknown). From losses: the training loss and the validation loss taken as agreeing signals, 1 − (1 − t)(1 − v):
+    t = the mean of the flatness (``underfit_min_improvement`` − improvement) / ``underfit_min_improvement``, the
+    level (end / log(C) − ``underfit_chance_fraction``) / (1 − ``underfit_chance_fraction``) and the support of
+    the tail's losses at or above ``underfit_chance_fraction`` × log(C); v = the mean of the validation loss's
+    level and 1 − gap / ``underfit_gap`` (0 without a validation loss).
 
     Fixes: a bigger or deeper model; training longer; a better-tuned learning rate; less regularization.
     """
@@ -364,8 +390,14 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                     "avoidable_bias": bv.avoidable_bias, "variance": bv.variance if va is not None else None,
                     "baseline_error": bv.baseline_error if known else None, "verdict": bv.verdict.value,
                     "threshold": th.avoidable_bias}
+        tail_err = tr[1][tail_slice(tr[1].size, th)]
+        anchor = 1.0 if known else train_err / chance_err if chance_err else 0.0
+        conf = confidence(mean(ratio_margin(bv.avoidable_bias, th.avoidable_bias),
+                               support(int((tail_err - bv.baseline_error > th.avoidable_bias).sum()),
+                                       int(tail_err.size), th.confidence_support_level), anchor),
+                          th.confidence_floor)
         return [Finding(code, severity, "Underfitting (high bias)", msg, steps=steps, evidence=evidence,
-                        confidence=0.85 if known else 0.6)]
+                        confidence=conf)]
     ts, tv = finite_series(run.metrics.get("train_loss"))
     k = early_count(tv.size, th)
     start = float(nanmedian(tv[:k]))
@@ -378,6 +410,7 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         return []
     _vs, vv = finite_series(run.metrics.get("val_loss"))
     gap = None
+    v_end = math.nan
     if vv.size:
         v_end = float(nanmedian(vv[tail_slice(vv.size, th)]))
         gap = abs(v_end - end) / end if end > 0 else None
@@ -402,8 +435,13 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         msg += f"; validation loss within {100 * gap:.0f}% of it"
     evidence = {"train_loss_start": start, "train_loss_end": end, "improvement": improvement,
                 "chance_loss": chance, "train_val_gap": gap, "threshold": th.underfit_min_improvement}
+    high = th.underfit_chance_fraction
+    s_train = mean(fraction_margin(improvement, th.underfit_min_improvement, 0.0),
+                   fraction_margin(end / chance, high),
+                   support(int((tv[tail] >= high * chance).sum()), int(tv[tail].size), th.confidence_support_level))
+    s_val = mean(fraction_margin(v_end / chance, high), 1.0 - gap / th.underfit_gap) if gap is not None else 0.0
     return [Finding(code, Severity.WARNING, "Underfitting (high bias)", msg, steps=steps, evidence=evidence,
-                    confidence=0.7)]
+                    confidence=confidence(agree(s_train, s_val), th.confidence_floor))]
 
 
 # ---------------------------------------------------------------- fixes
