@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gradscope.judge.confidence import confidence, fraction_margin, mean, support
 from gradscope.judge.diagnose import diagnose
 from gradscope.judge.findings import Code, Finding, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules import eval_mode_training, grad_not_zeroed, train_mode_eval
@@ -29,6 +30,12 @@ from tests.judge.snippets import check_fix
 from tests.logfactory import MLP_LAYERS, make_header, write_log
 
 TH = Thresholds()
+
+
+def _conf(hits: int, total: int, threshold: float) -> float:
+    """The loop-habit rules' documented confidence: support over the checks and margin past the fraction."""
+    return confidence(mean(support(hits, total, TH.confidence_support_level),
+                           fraction_margin(hits / total, threshold)), TH.confidence_floor)
 STEPS = 20
 
 
@@ -112,7 +119,8 @@ def test_grad_not_zeroed_fires_when_most_checks_find_stale_gradients(tmp_path: P
     run = _run(tmp_path, _loops(stale=range(1, STEPS)))
     f = _only(grad_not_zeroed(run, TH, Context()))
     assert f.code is Code.GRAD_NOT_ZEROED and f.severity is Severity.WARNING
-    assert f.steps == (1, STEPS - 1) and f.confidence == 1.0
+    assert f.steps == (1, STEPS - 1) and f.confidence == pytest.approx(_conf(19, 19, TH.grad_not_zeroed_fraction))
+    assert 0.95 < f.confidence < 1.0   # 19 of 19: strong, not certain
     assert f.evidence["stale_steps"] == STEPS - 1 and f.evidence["checked"] == STEPS - 1
     assert "19 of 19 checked backwards" in f.message
     d = diagnose(run)
@@ -128,7 +136,7 @@ def test_grad_not_zeroed_is_silent_for_a_zeroing_loop_and_below_its_fraction(tmp
     # 9 of 19: under half, not a habit
     assert grad_not_zeroed(_run(tmp_path / "b", _loops(stale=range(1, 10))), TH, Context()) == []
     assert _only(grad_not_zeroed(_run(tmp_path / "c", _loops(stale=range(1, 11))), TH, Context())).confidence \
-        == pytest.approx(10 / 19)
+        == pytest.approx(_conf(10, 19, TH.grad_not_zeroed_fraction))
 
 
 def test_grad_not_zeroed_is_not_evaluated_without_records_or_checks(tmp_path: Path) -> None:
@@ -222,7 +230,8 @@ def _nograd(passes: int, repeats: int = 0) -> list[dict[str, Any]]:
 def test_train_mode_eval_fires_on_validation_in_train_mode(tmp_path: Path) -> None:
     run = _run(tmp_path, _nograd(8), modes={"BatchNorm2d": 2})
     f = _only(train_mode_eval(run, TH, Context()))
-    assert f.code is Code.TRAIN_MODE_EVAL and f.severity is Severity.WARNING and f.confidence == 1.0
+    assert f.code is Code.TRAIN_MODE_EVAL and f.severity is Severity.WARNING
+    assert f.confidence == pytest.approx(_conf(8, 8, 1.0 - TH.train_mode_eval_repeat_fraction))
     assert f.evidence["passes"] == 8 and f.evidence["repeated_inputs"] == 0 and f.steps == (4, STEPS - 1)
     assert "8 forward pass(es)" in f.message and "2 BatchNorm2d" in f.message
     [g] = [g for g in diagnose(run).findings if g.code is Code.TRAIN_MODE_EVAL]
@@ -234,7 +243,9 @@ def test_train_mode_eval_fires_on_validation_in_train_mode(tmp_path: Path) -> No
 def test_monte_carlo_dropout_is_only_info(tmp_path: Path) -> None:
     run = _run(tmp_path, _nograd(40, repeats=36), modes={"Dropout": 2})   # 4 batches × 10 samples
     f = _only(train_mode_eval(run, TH, Context()))
-    assert f.severity is Severity.INFO and "Monte Carlo" in f.message and f.confidence == pytest.approx(0.1)
+    assert f.severity is Severity.INFO and "Monte Carlo" in f.message
+    # below the floor: 36 of 40 passes repeated their input (sampling on purpose, most likely)
+    assert f.confidence == pytest.approx(TH.confidence_floor * (1 - support(36, 40, TH.confidence_support_level)))
     # under half repeated: a validation loop that sometimes feeds one batch twice is still the bug
     run = _run(tmp_path / "b", _nograd(40, repeats=12), modes={"Dropout": 2})
     assert _only(train_mode_eval(run, TH, Context())).severity is Severity.WARNING

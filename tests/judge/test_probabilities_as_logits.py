@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gradscope.judge.confidence import confidence, fraction_margin, mean, support
 from gradscope.judge.diagnose import diagnose
 from gradscope.judge.findings import Code, Finding, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules import probabilities_as_logits
@@ -100,7 +101,11 @@ def test_a_log_without_output_keys_is_not_evaluated(tmp_path: Path) -> None:
 def test_softmax_outputs_with_a_loss_stuck_at_the_floor_warn(tmp_path: Path) -> None:
     run = _run(tmp_path, _loops(), STUCK)
     f = _only(probabilities_as_logits(run, TH, Context()))
-    assert f.code is Code.PROBABILITIES_AS_LOGITS and f.severity is Severity.WARNING and f.confidence == 1.0
+    assert f.code is Code.PROBABILITIES_AS_LOGITS and f.severity is Severity.WARNING
+    progress = (math.log(10) - 1.50) / (math.log(10) - FLOOR10)   # of the way from chance to the floor
+    assert f.confidence == pytest.approx(confidence(mean(support(STEPS, STEPS, TH.confidence_support_level),
+                                                         fraction_margin(progress, TH.probs_floor_near)),
+                                                    TH.confidence_floor))
     assert f.evidence["classes"] == 10 and f.evidence["floor"] == pytest.approx(FLOOR10)
     assert f.evidence["loss_min"] == 1.50 and "1.46" in f.message
     [g] = [g for g in diagnose(run).findings if g.code is Code.PROBABILITIES_AS_LOGITS]
@@ -117,7 +122,7 @@ def test_softmax_outputs_with_a_loss_below_the_floor_stay_silent(tmp_path: Path)
 def test_without_a_loss_or_near_chance_the_finding_is_conditional_info(tmp_path: Path) -> None:
     f = _only(probabilities_as_logits(_run(tmp_path / "a", _loops()), TH, Context()))
     assert f.severity is Severity.INFO and "If these probabilities go into nn.CrossEntropyLoss" in f.message
-    assert f.confidence == 0.5
+    assert f.confidence == pytest.approx(TH.confidence_floor * support(STEPS, STEPS, TH.confidence_support_level))
     near_chance = [2.31, 2.30, 2.29, 2.28, 2.27]   # learned nothing yet: no evidence of the floor
     g = _only(probabilities_as_logits(_run(tmp_path / "b", _loops(), near_chance), TH, Context()))
     assert g.severity is Severity.INFO

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradscope.judge.confidence import confidence, fraction_margin, mean, support
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     LOG,
@@ -126,7 +127,7 @@ def param_not_updated(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     before the forward pass) would look the same.
 
     Confidence: n / (n + ``not_updated_min_steps``) for n judged steps (½ at the minimum, → 1 with more steps),
-    × 0.8 without a recorded learning rate.
+    × ``confidence_no_lr_factor`` without a recorded learning rate.
 
     Why it matters: the optimizer only steps the parameters it was given. A layer added or replaced after
     ``torch.optim.X(model.parameters())`` was built, or an optimizer built from the wrong ``parameters()`` call,
@@ -204,7 +205,7 @@ def param_not_updated(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     evidence = {"params": [run.params[j].name for j in hits], "owners": owners,
                 "judged_steps": {run.params[j].name: counts[j] for j in hits}, "median_grad_norm": med_grad,
                 "numel": total, "lr_recorded": lr is not None, "threshold_steps": th.not_updated_min_steps}
-    conf = n_min / (n_min + th.not_updated_min_steps) * (1.0 if lr is not None else 0.8)
+    conf = n_min / (n_min + th.not_updated_min_steps) * (1.0 if lr is not None else th.confidence_no_lr_factor)
     layers = tuple(o for o in owners if _is_layer(run, o))
     return [Finding(code, Severity.WARNING, "Parameters never updated (not in the optimizer)", msg, layers=layers,
                     steps=steps, evidence=evidence, confidence=conf, detail=NotUpdatedDetail(tuple(owners)))]
@@ -417,8 +418,10 @@ def lr_plateau(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     training error (``train_error`` or 1 − ``train_acc``) is above ``plateau_converged_error``, or, without one,
     the window's loss is above ``plateau_converged_loss`` × its first value.
 
-    Confidence: 1 − ½ × |estimated change| / ``plateau_flat_improvement``: 1 for a loss flat to the last digit,
-    ½ at the edge.
+    Confidence: ``confidence_floor`` + (1 − floor) × the mean of the flatness 1 − |estimated change| /
+    ``plateau_flat_improvement`` and the precision 1 − (the interval's width, as a change over the window) /
+    (2 × ``plateau_flat_improvement``): near 1 for a long loss curve flat to the last digit (a narrow interval),
+    the floor for a short or noisy one at the edge of the band.
 
     Why it matters: at a constant learning rate SGD-like optimizers settle where the step's noise balances the
     descent; lowering the learning rate once progress stops (step decay, ``ReduceLROnPlateau``, cosine) is
@@ -494,7 +497,9 @@ def lr_plateau(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 "drop": drop, "improvement": change, "max_improvement": steepest, "ci_slope": [float(lo), float(hi)],
                 "lr": [float(x) for x in first], "train_error": err, "threshold": th.plateau_flat_improvement,
                 "confidence_level": th.plateau_confidence}
-    conf = 1.0 - 0.5 * abs(change) / th.plateau_flat_improvement
+    width = (float(hi) - float(lo)) * span / level        # the interval's width, as a change over the window
+    conf = confidence(mean(1.0 - abs(change) / th.plateau_flat_improvement,
+                           1.0 - width / (2.0 * th.plateau_flat_improvement)), th.confidence_floor)
     detail = PlateauDetail(lr=lr0, flat_points=k, eval_every=max(1, every), n_steps=run.n_steps, metric=metric)
     return [Finding(code, Severity.WARNING, "Loss plateau at a constant learning rate", msg, steps=steps,
                     evidence=evidence, confidence=conf, detail=detail)]
@@ -569,7 +574,9 @@ def grad_not_zeroed(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     accumulation over micro-batches is a step per optimizer step and zeroes after it: not flagged. Without
     ``optimizer=`` there are no checks ("not evaluated").
 
-    Confidence: the fraction of checked backwards that were stale.
+    Confidence: ``confidence_floor`` + (1 − floor) × the mean of the support — the Wilson lower bound
+    (``confidence_support_level``) of the fraction of checked backwards that were stale — and the margin
+    (fraction − ``grad_not_zeroed_fraction``) / (1 − ``grad_not_zeroed_fraction``).
 
     Why it matters: ``loss.backward()`` adds into ``.grad``; without zeroing, step t uses g_1 + … + g_t, so the
     effective learning rate grows with t and old gradients keep pushing after the weights moved on.
@@ -593,7 +600,10 @@ def grad_not_zeroed(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     evidence = {"stale_steps": int(stale.size), "checked": checks, "fraction": frac,
                 "first_stale_step": steps[0] if steps else None, "threshold": th.grad_not_zeroed_fraction}
     return [Finding(code, Severity.WARNING, "Gradients are not zeroed between optimizer steps", msg, steps=steps,
-                    evidence=evidence, confidence=frac)]
+                    evidence=evidence,
+                    confidence=confidence(mean(support(int(stale.size), checks, th.confidence_support_level),
+                                               fraction_margin(frac, th.grad_not_zeroed_fraction)),
+                                          th.confidence_floor))]
 
 
 def grad_not_zeroed_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
@@ -661,7 +671,9 @@ def eval_mode_training(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     how to mark batch norm frozen on purpose. A model trained entirely in eval mode whose only mode-dependent
     modules are batch norms with no trainable parameter (frozen-BN fine-tuning) is reported at info only.
 
-    Confidence: the fraction of covered steps trained in eval mode.
+    Confidence: ``confidence_floor`` + (1 − floor) × the mean of the support — the Wilson lower bound
+    (``confidence_support_level``) of the fraction of covered steps trained in eval mode — and the margin
+    (fraction − ``eval_mode_fraction``) / (1 − ``eval_mode_fraction``).
 
     Why it matters: dropout is part of the model being trained (off, the network co-adapts and overfits), and
     batch norm in eval mode neither normalizes with the batch's statistics nor updates its running ones, so the
@@ -693,7 +705,9 @@ def eval_mode_training(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 "eval_forwards": int(lp.eval_forwards.sum()), "forwards": int(lp.forwards.sum()),
                 "frozen_batchnorm": frozen, "threshold": th.eval_mode_fraction}
     return [Finding(code, Severity.INFO if frozen else Severity.WARNING, "The model trains in eval mode", msg,
-                    steps=steps, evidence=evidence, confidence=frac, detail=EvalModeDetail(frozen))]
+                    steps=steps, evidence=evidence, detail=EvalModeDetail(frozen),
+                    confidence=confidence(mean(support(int(evals.size), covered, th.confidence_support_level),
+                                               fraction_margin(frac, th.eval_mode_fraction)), th.confidence_floor))]
 
 
 def eval_mode_training_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
@@ -748,7 +762,11 @@ def train_mode_eval(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     counted, and batch norm keeps its running statistics. (``torch.optim.swa_utils.update_bn`` runs such
     passes on purpose to recompute batch-norm statistics; a new batch each time, so it reads as this bug.)
 
-    Confidence: 1 − the fraction of repeated inputs.
+    Confidence: the warning, ``confidence_floor`` + (1 − floor) × the mean of the support — the Wilson lower
+    bound (``confidence_support_level``) of the fraction of passes fed a new input — and the margin (that
+    fraction − (1 − ``train_mode_eval_repeat_fraction``)) / ``train_mode_eval_repeat_fraction``; the info (Monte
+    Carlo sampling?), floor × (1 − the Wilson lower bound of the fraction of repeated inputs): below the floor,
+    lower the more passes repeat.
 
     Why it matters: ``torch.no_grad()`` only stops gradients; the mode is a separate switch. A validation loop
     that forgets ``model.eval()`` measures a different network from the one that will be used, and with batch
@@ -776,11 +794,17 @@ def train_mode_eval(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     if sampling:
         msg += (f"; {pct(rep)} of them were fed the same input as the pass before, as Monte Carlo dropout samples "
                 "one batch: on purpose? (then mark it so: model.eval() and .train() on the dropout layers only)")
+    if sampling:
+        conf = th.confidence_floor * (1.0 - support(r, n, th.confidence_support_level))
+    else:
+        conf = confidence(mean(support(n - r, n, th.confidence_support_level),
+                               fraction_margin(1.0 - rep, 1.0 - th.train_mode_eval_repeat_fraction)),
+                          th.confidence_floor)
     evidence = {"passes": n, "repeated_inputs": r, "repeat_fraction": rep, "mode_modules": modes,
                 "threshold": th.train_mode_eval_min_forwards,
                 "repeat_threshold": th.train_mode_eval_repeat_fraction}
     return [Finding(code, Severity.INFO if sampling else Severity.WARNING, "Validation runs in train mode", msg,
-                    steps=steps, evidence=evidence, confidence=1.0 - rep, detail=TrainModeEvalDetail(sampling))]
+                    steps=steps, evidence=evidence, confidence=conf, detail=TrainModeEvalDetail(sampling))]
 
 
 def train_mode_eval_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
@@ -857,8 +881,10 @@ def probabilities_as_logits(run: Run, th: Thresholds, ctx: Context) -> RuleResul
     near chance, the finding is info and worded conditionally. A one-column output (sigmoid with
     ``BCELoss``) is never judged, and multi-label sigmoid outputs do not sum to 1.
 
-    Confidence: the fraction of measured steps whose output was probabilities (halved when the loss did not
-    confirm it).
+    Confidence: the warning, ``confidence_floor`` + (1 − floor) × the mean of the support — the Wilson lower
+    bound (``confidence_support_level``) of the fraction of measured steps whose output was probabilities — and
+    the margin (progress − ``probs_floor_near``) / (1 − ``probs_floor_near``), progress being how far the loss came
+    from chance towards the floor; the conditional info, floor × that support.
 
     Why it matters: softmax of values in [0, 1] can only move each logit by 1, so the predicted distribution
     stays close to uniform, the loss never reaches 0 and its gradient is squashed by the second softmax's
@@ -897,6 +923,7 @@ def probabilities_as_logits(run: Run, th: Thresholds, ctx: Context) -> RuleResul
             metric, low = key, float(v.min())
             break
     confirmed = False
+    held = support(int(probs.sum()), int(rows.size), th.confidence_support_level)   # for the confidence
     if metric is not None:
         evidence.update(loss_metric=metric, loss_min=low)
         if low < floor * (1.0 - th.probs_floor_slack):
@@ -907,14 +934,17 @@ def probabilities_as_logits(run: Run, th: Thresholds, ctx: Context) -> RuleResul
                f"probabilities cannot go below log(C + e − 1) − 1 = {fmt_num(floor)} for {classes} classes "
                f"(chance: {fmt_num(chance)}): softmax applied twice")
         return [Finding(code, Severity.WARNING, "Probabilities fed to a loss that expects logits", msg,
-                        steps=steps, evidence=evidence, confidence=frac, detail=ProbsDetail(classes, True))]
+                        steps=steps, evidence=evidence, detail=ProbsDetail(classes, True),
+                        confidence=confidence(mean(held, fraction_margin((chance - low) / (chance - floor),
+                                                                         th.probs_floor_near)), th.confidence_floor))]
     loss = (f"the logged {metric} (least {fmt_num(low)}) is still above that floor, near chance "
             f"({fmt_num(chance)})" if metric is not None else "no train_loss is logged to tell")
     msg = (f"{what}. If these probabilities go into nn.CrossEntropyLoss (or F.cross_entropy), softmax is applied "
            f"twice and the loss cannot go below {fmt_num(floor)}; with NLLLoss on their log or a loss made for "
            f"probabilities this is fine ({loss})")
     return [Finding(code, Severity.INFO, "The model outputs probabilities: not logits for CrossEntropyLoss?", msg,
-                    steps=steps, evidence=evidence, confidence=frac / 2, detail=ProbsDetail(classes, False))]
+                    steps=steps, evidence=evidence, confidence=th.confidence_floor * held,
+                    detail=ProbsDetail(classes, False))]
 
 
 def probabilities_as_logits_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
