@@ -11,6 +11,13 @@ changed by assigning to its access path (``model.fc1 = nn.Sequential(model.fc1, 
 string from the log (layer names and types, activation names) is either checked to be a plain access path
 (``is_plain_path``), mapped through a fixed table, or written as a ``repr()`` string literal: a crafted log
 cannot put code into a snippet.
+
+What a snippet may do depends on the layer (issue 11.2): a module whose forward returns a tuple (LSTM/GRU/RNN,
+``nn.MultiheadAttention``) is never wrapped in ``nn.Sequential`` nor put inside a residual — its output goes
+through ``OnOutput``, which keeps the tuple, and it gets its own remedies (orthogonal recurrent weights, a gated
+cell); widths are counted in units (hidden size, channels, ``embed_dim``), never in stacked gate rows, and a
+fused query/key/value projection is never resized on its own; a layer inside a transformer block that already
+has LayerNorm gets transformer advice (pre-LN, warmup, GPT-2 initialization), not another normalization layer.
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ from gradscope.store.run import Run
 from gradscope.store.schema import RELU_FAMILY, LayerInfo
 
 _SEQUENCE_TYPES = ("attention", "transformer", "lstm", "gru", "rnn", "embedding")
-_TUPLE_OUTPUT = ("lstm", "gru", "rnn", "multiheadattention")   # layers whose forward returns a tuple
+_TUPLE_OUTPUT = ("lstm", "gru", "rnn", "multiheadattention", "attention")   # layers whose forward returns a tuple
+
+GPT2_INIT_STD = 0.02
+"""GPT-2's weight initialization, N(0, 0.02²) (Radford et al. 2019; nanoGPT ``_init_weights``); the projections
+that write into the residual stream are scaled by 1/√(2·n_layer)."""
+WARMUP_FRACTION = 0.05
+"""Share of the run's steps a transformer's learning-rate warmup spans, when a fix proposes one."""
 
 
 def sig(x: float, digits: int = 2) -> str:
@@ -109,8 +122,10 @@ def units(run: Run, la: LayerInfo) -> int | None:
 
 
 def _conv_dims(la: LayerInfo) -> str | None:
-    t = la.type.lower()
-    return t[-2:] if t.startswith("conv") and t[-2:] in ("1d", "2d", "3d") else None
+    """"1d"/"2d"/"3d" for torch's convolutions; None otherwise — Hugging Face's ``Conv1D`` (capital D) is a
+    Linear layer with a transposed weight, not a convolution."""
+    t = la.type
+    return t[-2:] if t.lower().startswith("conv") and t[-2:] in ("1d", "2d", "3d") else None
 
 
 def norm_layer(run: Run, la: LayerInfo) -> str | None:
@@ -134,29 +149,148 @@ def wrappable(la: LayerInfo) -> bool:
     return bool(la.name) and is_plain_path(la.name) and not any(k in t for k in _TUPLE_OUTPUT)
 
 
+# ---------------------------------------------------------------- what kind of layer it is (issue 11.2)
+
+_RECURRENT = {"lstm": ("nn.LSTM", 4), "gru": ("nn.GRU", 3), "rnn": ("nn.RNN", 1)}
+"""Recurrent layer types (lower-case class name) → their constructor and the gates stacked in each weight's rows
+(``weight_ih_l0`` of an LSTM is 4·hidden × input)."""
+
+
+def recurrent(la: LayerInfo) -> tuple[str, int] | None:
+    """(constructor, gates) of an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` layer, else None."""
+    return _RECURRENT.get(la.type.lower())
+
+
+_ATTENTION_PARTS = ("attn", "attention", "qkv", "query", "key", "value", "q_proj", "k_proj", "v_proj", "in_proj",
+                    "out_proj", "o_proj")
+_FUSED_QKV = ("c_attn", "qkv", "in_proj", "qkv_proj", "wqkv", "query_key_value", "to_qkv")
+_BLOCK_PARTS = _ATTENTION_PARTS + _FUSED_QKV + ("self_attn", "mlp", "ffn", "feed_forward", "c_fc", "c_proj",
+                                                "linear1", "linear2", "fc1", "fc2", "dense", "up_proj",
+                                                "down_proj", "gate_proj", "proj")
+_RESIDUAL_PROJ = ("c_proj", "out_proj", "o_proj", "linear2", "down_proj", "fc2")
+"""Last name parts of the projections that write into a transformer's residual stream."""
+
+
+def _parts(name: str) -> list[str]:
+    return [p.lower() for p in name.split(".")] if name else []
+
+
+def _attention_named(name: str) -> bool:
+    return any(any(k in p for k in ("attn", "attention")) or p in _ATTENTION_PARTS or p in _FUSED_QKV
+               for p in _parts(name))
+
+
+def _block_prefix(name: str) -> str:
+    """The module a layer's block is: its name without the trailing attention/MLP parts ("h.0.attn.c_attn" →
+    "h.0", "encoder.layers.0.linear1" → "encoder.layers.0"), else without its last part."""
+    parts = name.split(".") if name else []
+    k = len(parts)
+    while k and parts[k - 1].lower() in _BLOCK_PARTS:
+        k -= 1
+    if k == len(parts):
+        k -= 1
+    return ".".join(parts[:max(k, 0)])
+
+
+def transformer_block(run: Run, la: LayerInfo) -> str | None:
+    """The name of the transformer block ``la`` sits in, or None: a block (a module other than the root) holding
+    an ``nn.MultiheadAttention``, or attention-named layers and a normalization layer (GPT-2's ``ln_1``,
+    ``attn.c_attn``, ``mlp.c_fc``; Hugging Face's ``Conv1D`` projections). Read from the names and types the
+    header records."""
+    b = _block_prefix(la.name)
+    if not b:
+        return None
+    members = [x for x in run.layers if x.name.startswith(b + ".")]
+    if any(x.type == "MultiheadAttention" for x in members):
+        return b
+    attention = any(_attention_named(x.name[len(b) + 1:]) for x in members)
+    normed = any("norm" in x.type.lower() for x in members)
+    return b if attention and normed else None
+
+
+def fused_qkv(la: LayerInfo) -> bool:
+    """A fused query/key/value projection (``c_attn``, ``qkv``, ``in_proj``, ``nn.MultiheadAttention``): its
+    output is split into heads, so its width is not a free choice."""
+    return la.type == "MultiheadAttention" or (bool(la.name) and la.name.split(".")[-1].lower() in _FUSED_QKV)
+
+
+def _blocks(run: Run) -> list[str]:
+    out: list[str] = []
+    for la in run.layers:
+        b = transformer_block(run, la)
+        if b is not None and b not in out:
+            out.append(b)
+    return out
+
+
+def _param_path(full: str) -> str:
+    """Expression for the parameter called ``full`` (``model.h[0].attn.c_proj.weight``, else
+    ``model.get_parameter('...')``)."""
+    owner, _, leaf = full.rpartition(".")
+    if is_plain_path(owner) and is_plain_path(leaf) and leaf and not leaf.isdigit():
+        return f"{module_path(owner)}.{leaf}"
+    return f"model.get_parameter({full!r})"
+
+
+def _shape(run: Run, full: str) -> tuple[int, ...] | None:
+    return next((tuple(p.shape) for p in run.params if p.name == full), None)
+
+
 DEVICE_LINE = "device = next(model.parameters()).device"
 REBUILD_OPTIMIZER = "# then re-create the optimizer: it does not hold the new layers' parameters"
 
+ON_OUTPUT_CLASS = """class OnOutput(nn.Module):
+    # applies `after` to a layer's first output and keeps the rest of its tuple ((h, c) of an LSTM)
+    def __init__(self, inner, after):
+        super().__init__()
+        self.inner = inner
+        self.after = after
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        if isinstance(out, tuple):
+            return (self.after(out[0]), *out[1:])
+        return self.after(out)
+"""
+
 
 def wrap_lines(la: LayerInfo, new: str, *, before: bool = False) -> list[str]:
-    """``model.fc1 = nn.Sequential(model.fc1, <new>)`` (``before``: the new module first), or a comment naming
-    the layer by a string literal when it cannot be replaced in code."""
+    """``model.fc1 = nn.Sequential(model.fc1, <new>)`` (``before``: the new module first); for a recurrent layer
+    (its forward returns a tuple) ``model.rnn = OnOutput(model.rnn, <new>)``, which needs ``ON_OUTPUT_CLASS``
+    above it; else a comment naming the layer by a string literal when it cannot be replaced in code."""
     path = module_path(la.name)
+    if recurrent(la) is not None and not before and la.name and is_plain_path(la.name):
+        return [f"{path} = OnOutput({path}, {new})"]
     if not wrappable(la):
-        return [f"# wrap the layer {la.name!r} in nn.Sequential, with {new.replace(', device=device', '')} "
-                f"{'before' if before else 'after'} it"]
+        what = new.replace(", device=device", "")
+        if any(k in la.type.lower() for k in _TUPLE_OUTPUT):
+            return [f"# {la.name!r} returns a tuple: in forward(), apply {what} to its "
+                    f"{'input' if before else 'first output'}"]
+        return [f"# wrap the layer {la.name!r} in nn.Sequential, with {what} {'before' if before else 'after'} it"]
     inner = f"{new}, {path}" if before else f"{path}, {new}"
     return [f"{path} = nn.Sequential({inner})"]
+
+
+def with_on_output(lines: list[str]) -> list[str]:
+    """``lines`` with the ``OnOutput`` class defined first when they use it."""
+    return [ON_OUTPUT_CLASS, *lines] if any("OnOutput(" in ln for ln in lines) else lines
 
 
 _INIT_NONLINEARITY = {"tanh": "tanh", "sigmoid": "sigmoid"}
 
 
 def init_lines(run: Run, la: LayerInfo, act: str | None = None) -> list[str]:
-    """``nn.init`` calls matching the activation after ``la`` (He, Glorot with gain, LeCun for SELU)."""
+    """``nn.init`` calls matching the activation after ``la`` (He, Glorot with gain, LeCun for SELU); a recurrent
+    layer's own scheme (``recurrent_init_lines``); GPT-2's in a transformer (``transformer_init_lines``)."""
+    if recurrent(la) is not None:
+        return recurrent_init_lines(run, la)
+    if gpt2_init(run, la):
+        return transformer_init_lines(run, la)
     w = param_expr(run, la, "weight")
-    if w is None or "norm" in la.type.lower():
-        return []      # a normalization layer's weight is a gain (ones), not a matrix to He/Glorot-initialize
+    if w is None or "norm" in la.type.lower() or la.type == "Embedding":
+        # a normalization layer's weight is a gain (ones), an embedding's rows are looked up: neither is a
+        # matrix to He/Glorot-initialize
+        return []
     a = (act if act is not None else la.act or "").lower()
     if a == "selu":
         lines = [f'nn.init.kaiming_normal_({w}, nonlinearity="linear")  # LeCun normal for SELU']
@@ -170,6 +304,63 @@ def init_lines(run: Run, la: LayerInfo, act: str | None = None) -> list[str]:
     b = param_expr(run, la, "bias")
     if b is not None:
         lines.append(f"nn.init.zeros_({b})")
+    return lines
+
+
+def gpt2_init(run: Run, la: LayerInfo) -> bool:
+    """``la`` is initialized as GPT-2 does: a layer of a transformer block, or an embedding of a transformer."""
+    return transformer_block(run, la) is not None or (la.type == "Embedding" and bool(_blocks(run)))
+
+
+def recurrent_init_lines(run: Run, la: LayerInfo) -> list[str]:
+    """An LSTM/GRU/RNN's initialization, parameter by parameter as the header names them (``weight_ih_l0``,
+    ``weight_hh_l0``, ``bias_ih_l0``, ..., ``_reverse``): Glorot for the input weights and orthogonal recurrent
+    weights, one gate block at a time (a gate's rows, not the stacked 4·hidden of an LSTM); zero biases, and
+    an LSTM's forget-gate bias at 1 (Jozefowicz et al. 2015) so the cell keeps its state at the start."""
+    rec = recurrent(la)
+    if rec is None:
+        return []
+    _, gates = rec
+    lines: list[str] = []
+    prefix = f"{la.name}." if la.name else ""
+    for full in la.params:
+        leaf = full[len(prefix):] if full.startswith(prefix) else full
+        path = _param_path(full)
+        split = f"{path}.chunk({gates})" if gates > 1 else f"({path},)"
+        if leaf.startswith(("weight_ih", "weight_hr")):
+            lines += [f"for w in {split}:", "    nn.init.xavier_uniform_(w)"]
+        elif leaf.startswith("weight_hh"):
+            lines += [f"for w in {split}:", "    nn.init.orthogonal_(w)   # recurrent map with gain 1"]
+        elif leaf.startswith("bias"):
+            lines.append(f"nn.init.zeros_({path})")
+            if gates == 4 and leaf.startswith("bias_ih"):
+                lines.append(f"{path}.chunk(4)[1].fill_(1.0)   # LSTM forget gate (gates i, f, g, o)")
+    return lines
+
+
+def transformer_init_lines(run: Run, la: LayerInfo) -> list[str]:
+    """GPT-2's initialization of a transformer's layer: weights (and embeddings) N(0, ``GPT2_INIT_STD``²), the
+    projections that write into the residual stream (``c_proj``, ``out_proj``, ``linear2``) scaled by
+    1/√(2·n_layer), biases zero; normalization layers keep their ones and zeros."""
+    if "norm" in la.type.lower():
+        return []
+    n_layer = max(1, len(_blocks(run)))
+    res_std = sig(GPT2_INIT_STD / math.sqrt(2 * n_layer))
+    lines: list[str] = []
+    prefix = f"{la.name}." if la.name else ""
+    for full in la.params:
+        shape = _shape(run, full)
+        path = _param_path(full)
+        if (shape is not None and len(shape) < 2) or full.endswith("bias"):
+            lines.append(f"nn.init.zeros_({path})")
+            continue
+        owner = (full[len(prefix):] if full.startswith(prefix) else full).rpartition(".")[0]
+        last = (owner or la.name).split(".")[-1].lower()
+        if last in _RESIDUAL_PROJ:
+            lines.append(f"nn.init.normal_({path}, std={res_std})   # residual projection: "
+                         f"{sig(GPT2_INIT_STD)}/sqrt(2*{n_layer})")
+        else:
+            lines.append(f"nn.init.normal_({path}, std={sig(GPT2_INIT_STD)})")
     return lines
 
 
@@ -249,10 +440,17 @@ def _normalized(run: Run, la: LayerInfo) -> bool:
 
 def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresholds) -> Fix | None:
     """A normalization layer on each named layer's output (before the activation that follows it); not on the
-    model's head when other layers are named (normalized logits cap the classifier's confidence)."""
+    model's head when other layers are named (normalized logits cap the classifier's confidence). A recurrent
+    layer gets LayerNorm on its output sequence through ``OnOutput`` (its (output, state) tuple is kept); layers
+    inside transformer blocks get ``transformer_fix`` instead — the block has LayerNorm already."""
     head = output_layer(run)
     # Not on a normalization layer, nor on a layer whose output already goes through one.
     cands = [la for la in named(run, names, th) if "norm" not in la.type.lower() and not _normalized(run, la)]
+    if _blocks(run):
+        in_block = [la for la in cands if transformer_block(run, la) is not None]
+        if in_block:
+            return transformer_fix(run, [la.name for la in in_block], th)
+        cands = [la for la in cands if la.type != "Embedding"]     # the blocks normalize what they read
     if len(cands) > 1:
         cands = [la for la in cands if head is None or la is not run.layers[head]]
     las = [(la, n) for la in cands if (n := norm_layer(run, la)) is not None]
@@ -263,22 +461,73 @@ def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
         lines += wrap_lines(la, n)
     lines.append(REBUILD_OPTIMIZER)
     return Fix(FixKind.BATCHNORM, f"Add a normalization layer after {list_names([la.name for la, _ in las], th)}, "
-                                  f"before its activation: {why}", "\n".join(lines))
+                                  f"before its activation: {why}", "\n".join(with_on_output(lines)))
+
+
+def transformer_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds) -> Fix:
+    """What stabilizes a transformer whose blocks already normalize: pre-LN (the norm before attention and
+    the MLP, so the residual path stays an identity; ``norm_first=True`` in ``nn.TransformerEncoderLayer``), a
+    learning-rate warmup over ``WARMUP_FRACTION`` of the run, and clipping — not another normalization layer
+    after a projection."""
+    norms = [la.name for la in run.layers if "norm" in la.type.lower()
+             and any(la.name.startswith(b + ".") for b in _blocks(run))]
+    has_norm = f" (already normalized by {list_names(norms, th)})" if norms else ""
+    where = list_names(list(names), th) if names else "the blocks"
+    torch_layers = any(la.type == "MultiheadAttention" for la in run.layers)
+    last = int(run.steps.max()) if run.steps.size else 0
+    warm = max(1, round(WARMUP_FRACTION * last)) if last else 100
+    lines: list[str] = []
+    if torch_layers:
+        lines += ["# pre-LN: LayerNorm before attention and feed-forward, the residual path stays an identity",
+                  "# (the stack then needs a final norm: nn.TransformerEncoder(..., norm=nn.LayerNorm(d_model)))",
+                  "for m in model.modules():",
+                  "    if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):",
+                  "        m.norm_first = True"]
+    else:
+        lines.append("# keep the blocks pre-LN, as GPT-2 is: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))")
+    lines += [f"# warm the learning rate up over the first {warm} steps (scheduler.step() after each "
+              f"optimizer.step()):",
+              "def warmup(step):",
+              f"    return min(1.0, (step + 1) / {warm})",
+              "",
+              "",
+              "scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)",
+              "# and between loss.backward() and optimizer.step():",
+              "# torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)"]
+    return Fix(FixKind.BATCHNORM, f"{where} sit in transformer blocks that normalize already{has_norm}: not "
+                                  f"another LayerNorm after a projection, but pre-LN "
+                                  f"(norm_first=True), a {warm}-step learning-rate warmup and gradient clipping",
+               "\n".join(lines))
 
 
 def init_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresholds,
              act: str | None = None) -> Fix | None:
+    """Re-initialization of the named layers: ``init_lines`` for each, and a summary that says which scheme —
+    matching the activation, a recurrent layer's (orthogonal recurrent weights) or GPT-2's."""
     lines: list[str] = []
-    done: list[str] = []
+    done: list[LayerInfo] = []
     for la in named(run, names, th):
         got = init_lines(run, la, act)
         lines += got
         if got:
-            done.append(la.name)
+            done.append(la)
     if not lines:
         return None
-    return Fix(FixKind.INIT, f"Re-initialize {list_names(done, th)} to match the activation: {why}",
-               "with torch.no_grad():\n" + "\n".join("    " + ln for ln in lines))
+    rec = [la.name for la in done if recurrent(la) is not None]
+    tf = [la.name for la in done if recurrent(la) is None and gpt2_init(run, la)]
+    rest = [la.name for la in done if la.name not in rec and la.name not in tf]
+    parts = []
+    if rest:
+        parts.append(f"{list_names(rest, th)} to match the activation: {why}")
+    if rec:
+        parts.append(f"{list_names(rec, th)} as recurrent layers: Glorot input weights, orthogonal recurrent "
+                     f"weights per gate, zero biases (LSTM forget gate 1), so the state neither fades nor grows "
+                     f"through time")
+    if tf:
+        parts.append(f"{list_names(tf, th)} as GPT-2 does: N(0, {sig(GPT2_INIT_STD)}²), the residual projections "
+                     f"scaled by 1/sqrt(2·n_layer)")
+    return Fix(FixKind.INIT, "Re-initialize " + "; ".join(parts),
+               "with torch.no_grad():\n" + "\n".join("    " + ln if ln else "" for ln in lines))
 
 
 _ACTIVATION_MODULES = {"tanh": "nn.Tanh", "sigmoid": "nn.Sigmoid", "hardtanh": "nn.Hardtanh",
@@ -307,25 +556,200 @@ def swap_activation(acts: set[str] | list[str], new: str, *, keep_output: bool) 
     return "\n".join(lines)
 
 
-def resize_lines(run: Run, la: LayerInfo, width: int) -> list[str] | None:
-    """Code that gives the Linear ``la`` ``width`` output units and the Linear that reads its output as many
-    inputs, or None when that is not a plain pair of Linear layers (then a fix describes it in words)."""
+def _linear(run: Run, x: LayerInfo, fan_in: int, fan_out: int) -> str:
+    bias = "" if param_expr(run, x, "bias") is not None else ", bias=False"
+    return f"{module_path(x.name)} = nn.Linear({fan_in}, {fan_out}{bias}, device=device)"
+
+
+def _next(run: Run, la: LayerInfo) -> LayerInfo | None:
     i = run.layers.index(la)
-    nxt = run.layers[i + 1] if i + 1 < len(run.layers) else None
+    return run.layers[i + 1] if i + 1 < len(run.layers) else None
+
+
+def _linear_pair(run: Run, la: LayerInfo, width: int) -> list[str] | None:
+    nxt = _next(run, la)
     if (la.type != "Linear" or nxt is None or nxt.type != "Linear" or not la.fan_in or not nxt.fan_out
             or nxt.fan_in != la.fan_out or not (is_plain_path(la.name) and is_plain_path(nxt.name))
             or not la.name or not nxt.name):
         return None
+    return [_linear(run, la, la.fan_in, width), _linear(run, nxt, width, nxt.fan_out)]
 
-    def linear(x: LayerInfo, fan_in: int, fan_out: int) -> str:
-        bias = "" if param_expr(run, x, "bias") is not None else ", bias=False"
-        return f"{module_path(x.name)} = nn.Linear({fan_in}, {fan_out}{bias}, device=device)"
 
-    return [DEVICE_LINE, linear(la, la.fan_in, width), linear(nxt, width, nxt.fan_out),
-            "# then re-create the optimizer: it holds the old layers' parameters"]
+def _recurrent_resize(run: Run, la: LayerInfo, width: int) -> list[str] | None:
+    """A recurrent layer rebuilt with ``width`` hidden units (its other settings read from the old one) and the
+    Linear that reads its output given as many inputs. Only for a one-directional layer without projection
+    (its weight rows are exactly gates × hidden units) whose output no other recorded layer reads."""
+    rec, u, nxt = recurrent(la), units(run, la), _next(run, la)
+    if rec is None or not u or nxt is None or not la.name or not nxt.name:
+        return None
+    ctor, gates = rec
+    i = run.layers.index(la)
+    readers = [x for x in run.layers[i + 1:] if x.fan_in == u]
+    if (la.fan_out != gates * u or nxt.type != "Linear" or nxt.fan_in != u or readers != [nxt] or not nxt.fan_out
+            or not (is_plain_path(la.name) and is_plain_path(nxt.name))):
+        return None
+    extra = ", nonlinearity=old.nonlinearity" if ctor == "nn.RNN" else ""
+    path = module_path(la.name)
+    return [f"old = {path}",
+            f"{path} = {ctor}(old.input_size, {width}, num_layers=old.num_layers, bias=old.bias, "
+            f"batch_first=old.batch_first, dropout=old.dropout{extra}, device=device)",
+            _linear(run, nxt, width, nxt.fan_out)]
+
+
+def resize_lines(run: Run, la: LayerInfo, width: int) -> list[str] | None:
+    """Code that gives the Linear ``la`` ``width`` output units (a recurrent layer ``width`` hidden units) and the
+    Linear that reads its output as many inputs, or None when that is not such a plain pair (then a fix
+    describes it in words)."""
+    got = _recurrent_resize(run, la, width) if recurrent(la) is not None else _linear_pair(run, la, width)
+    if got is None:
+        return None
+    return [DEVICE_LINE, *got, "# then re-create the optimizer: it holds the old layers' parameters"]
 
 
 def hidden_layers(run: Run) -> list[LayerInfo]:
     """Weighted layers but the head (all of them when there is only one)."""
     w = [run.layers[i] for i, _ in weighted_layers(run)]
     return w[:-1] if len(w) > 1 else w
+
+
+def _block_norm_units(run: Run, block: str) -> int | None:
+    """The width of a transformer block's residual stream (d_model / n_embd): what its LayerNorm normalizes."""
+    for x in run.layers:
+        if x.name.startswith(block + ".") and "norm" in x.type.lower():
+            n = units(run, x)
+            if n:
+                return n
+    return None
+
+
+def width_fix(run: Run, th: Thresholds, *, grow: bool) -> Fix | None:
+    """A capacity change by ``fix_width_factor``: widen (``grow``) or halve the first hidden layer, counted in
+    its units (features, channels, hidden size). In a transformer, the model width (d_model / n_embd) and the
+    feed-forward width instead: a fused query/key/value projection or an attention layer is never resized on
+    its own (its output is split into heads)."""
+    hidden = hidden_layers(run) if run.header is not None else []
+    f = th.fix_width_factor
+    if any(transformer_block(run, la) is not None for la in hidden):
+        return _transformer_width_fix(run, th, grow=grow)
+    la = hidden[0] if hidden else None
+    width = units(run, la) if la is not None else None
+    if la is None or not width:
+        return Fix(FixKind.CAPACITY, "Use a bigger or deeper model (more units, more layers)", "") if grow else None
+    new = width * f if grow else max(1, width // f)
+    what = "hidden_size " if recurrent(la) is not None else ""
+    unit = "" if what else " units"
+    code = "\n".join(resize_lines(run, la, new) or
+                     [f"# {module_path(la.name)}: from {what}{width} to {new}{unit}, and the input of the layer "
+                      f"that reads its output to match"])
+    if grow:
+        return Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({what}{width} → {new}{unit}) or "
+                                     f"add a hidden layer", code)
+    return Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {label(la.name)} ({what}{width} → "
+                                 f"{new}{unit})", code)
+
+
+def _transformer_width_fix(run: Run, th: Thresholds, *, grow: bool) -> Fix:
+    f = th.fix_width_factor
+    blocks = _blocks(run)
+    d = next((n for b in blocks if (n := _block_norm_units(run, b))), None)
+    pairs: list[tuple[LayerInfo, int]] = []     # the first Linear of each block's feed-forward pair, its width
+    for la in run.layers:
+        b = transformer_block(run, la)
+        nxt = _next(run, la)
+        if (b is None or _attention_named(la.name[len(b) + 1:]) or fused_qkv(la) or nxt is None
+                or not nxt.name.startswith(b + ".") or _attention_named(nxt.name[len(b) + 1:])):
+            continue
+        u = units(run, la)
+        if u and (d is None or (la.fan_in == d and nxt.fan_out == d)) and _linear_pair(run, la, u) is not None:
+            pairs.append((la, u))
+    qkv = [la.name for la in run.layers if fused_qkv(la) and transformer_block(run, la) is not None]
+    new_d = (d * f if grow else max(1, d // f)) if d else None
+    model_w = (f"the model width d_model / n_embd {d} → {new_d} where the model is built (embeddings, attention, "
+               f"norms and feed-forward together; a multiple of the number of heads)") if d else \
+        "the model width d_model / n_embd where the model is built (a multiple of the number of heads)"
+    lines: list[str] = []
+    ff = ""
+    if pairs:
+        u0 = pairs[0][1]
+        new_ff = u0 * f if grow else max(1, u0 // f)
+        ff = f", or the feed-forward width ({u0} → {new_ff}) in every block"
+        lines.append(DEVICE_LINE)
+        for la, u in pairs[:th.fix_max_layers]:
+            lines += _linear_pair(run, la, u * f if grow else max(1, u // f)) or []
+        lines.append("# then re-create the optimizer: it holds the old layers' parameters")
+    else:
+        lines.append(f"# where the model is built: d_model (n_embd) = {new_d or 'a multiple of nhead'}")
+    never = (f"; never {list_names(qkv, th)} alone: its output is split into query, key and value heads"
+             if qkv else "")
+    head = "Use a bigger model: raise " if grow else "Or shrink the model: lower "
+    return Fix(FixKind.CAPACITY, f"{head}{model_w}{ff}{never}", "\n".join(lines))
+
+
+def dropout_fix(run: Run, th: Thresholds) -> Fix | None:
+    """Dropout (p = ``fix_dropout_p``) after the hidden layers: ``nn.Sequential`` for a plain layer, ``OnOutput``
+    for a recurrent one (and between its stacked layers); in a transformer, the blocks' own dropout modules
+    (attention, residual branches, feed-forward) set to p — never a new one after a query/key/value projection."""
+    hidden = hidden_layers(run) if run.header is not None else []
+    if not hidden:
+        return None
+    p = th.fix_dropout_p
+    if any(transformer_block(run, la) is not None for la in hidden):
+        return Fix(FixKind.REGULARIZATION, f"Raise the transformer blocks' own dropout to p={p} (attention weights, "
+                                           f"residual branches, feed-forward)",
+                   "\n".join(["for m in model.modules():",
+                              "    if isinstance(m, nn.Dropout):",
+                              f"        m.p = {p}",
+                              "    elif isinstance(m, nn.MultiheadAttention):",
+                              f"        m.dropout = {p}   # on the attention weights",
+                              "# blocks without nn.Dropout modules: add them on the residual branches in forward()"]))
+    lines: list[str] = []
+    for h in hidden[:th.fix_max_layers]:
+        if recurrent(h) is not None and any("_l1" in q for q in h.params) and is_plain_path(h.name) and h.name:
+            lines.append(f"{module_path(h.name)}.dropout = {p}   # between its stacked layers")
+        lines += wrap_lines(h, f"nn.Dropout(p={p})")
+    return Fix(FixKind.REGULARIZATION, f"Add dropout (p={p}) after {list_names([h.name for h in hidden], th)}",
+               "\n".join(with_on_output(lines)))
+
+
+RESIDUAL_CLASS = """class Residual(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return x + self.inner(x)
+"""
+
+
+def residual_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds) -> Fix | None:
+    """Residual connections around the named layers whose input and output shapes match (a square Linear);
+    never around a module that returns a tuple or inside a transformer block (which has them). A vanilla RNN
+    gets its own remedy instead — a gated GRU, whose additive state update is the recurrent skip path; an
+    LSTM/GRU has it already (None)."""
+    summary = "Add residual (skip) connections so the gradient has a path that bypasses the deep stack"
+    las = [la for n in names if (la := layer_info(run, n)) is not None]
+    plain = [la for la in las if wrappable(la) and transformer_block(run, la) is None]
+    square = [la for la in plain if la.type == "Linear" and la.fan_in and la.fan_in == la.fan_out]
+    if square:
+        la = square[0]
+        path = module_path(la.name)
+        return Fix(FixKind.RESIDUAL, f"{summary}: {label(la.name)} maps {la.fan_in} features to as many, so it can "
+                   f"add its input to its output", f"{RESIDUAL_CLASS}\n\n{path} = Residual({path})")
+    vanilla = [la for la in las if la.type.lower() == "rnn" and la.name and is_plain_path(la.name)]
+    if vanilla:
+        lines = [DEVICE_LINE]
+        for la in vanilla[:th.fix_max_layers]:
+            path = module_path(la.name)
+            lines += [f"old = {path}",
+                      f"{path} = nn.GRU(old.input_size, old.hidden_size, num_layers=old.num_layers, bias=old.bias, "
+                      f"batch_first=old.batch_first, dropout=old.dropout, bidirectional=old.bidirectional, "
+                      f"device=device)"]
+        lines.append(REBUILD_OPTIMIZER)
+        return Fix(FixKind.RESIDUAL, f"Use a gated recurrent layer (GRU, same inputs and outputs) instead of the "
+                   f"vanilla RNN {list_names([la.name for la in vanilla], th)}: its additive state update is the "
+                   f"recurrent form of a skip connection (a residual cannot go around a layer that returns a tuple)",
+                   "\n".join(lines))
+    if not plain:
+        return None
+    return Fix(FixKind.RESIDUAL, summary + " (where a block's input and output shapes match)",
+               f"# in forward(), around {module_path(plain[0].name)} (the same shape in and out): x = x + block(x)")

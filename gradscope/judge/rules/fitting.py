@@ -37,15 +37,13 @@ from gradscope.judge.rules._common import (
     head_outputs,
     is_adaptive,
     is_classifier,
-    label,
-    module_path,
     nanmedian,
     optimizer_hparam,
     optimizer_name,
     tail_slice,
     weighted_layers,
 )
-from gradscope.judge.rules._fixes import hidden_layers, list_names, resize_lines, sig, units, wrap_lines
+from gradscope.judge.rules._fixes import dropout_fix, sig, width_fix
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -504,13 +502,7 @@ def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     else:
         code = f"for group in optimizer.param_groups:\n    group[\"weight_decay\"] = {sig(new_wd, 1)}"
     fixes.append(Fix(FixKind.REGULARIZATION, f"{wd_txt} to shrink the weights towards simpler functions", code))
-    hidden = hidden_layers(run)
-    if hidden:
-        lines: list[str] = []
-        for h in hidden[:th.fix_max_layers]:
-            lines += wrap_lines(h, f"nn.Dropout(p={th.fix_dropout_p})")
-        fixes.append(Fix(FixKind.REGULARIZATION, f"Add dropout (p={th.fix_dropout_p}) after "
-                         f"{list_names([h.name for h in hidden], th)}", "\n".join(lines)))
+    fixes.append(dropout_fix(run, th))
     conv = any(la.type.lower().startswith("conv2d") for la in run.layers)
     if conv:
         fixes.append(Fix(FixKind.DATA, "Use more training data or augment it (random shifts; flips where a mirror "
@@ -520,32 +512,13 @@ def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
                          "# add transforms.RandomHorizontalFlip() where a mirror image keeps its label"))
     else:
         fixes.append(Fix(FixKind.DATA, "Use more training data or augment it", ""))
-    la = hidden[0] if hidden else None
-    width = units(run, la) if la is not None else None
-    if la is not None and width:
-        narrow = max(1, width // th.fix_width_factor)
-        code = "\n".join(resize_lines(run, la, narrow) or
-                         [f"# {module_path(la.name)}: from {width} to {narrow} output units, and the next "
-                          f"layer's input to match"])
-        fixes.append(Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {label(la.name)} "
-                         f"({width} → {narrow} units)", code))
+    fixes.append(width_fix(run, th, grow=False))
     return fixes
 
 
 def underfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     fixes: list[Fix | None] = []
-    hidden = hidden_layers(run) if run.header is not None else []
-    la = hidden[0] if hidden else None
-    width = units(run, la) if la is not None else None
-    if la is not None and width:
-        wide = width * th.fix_width_factor
-        code = "\n".join(resize_lines(run, la, wide) or
-                         [f"# {module_path(la.name)}: from {width} to {wide} output units, and the next "
-                          f"layer's input to match"])
-        fixes.append(Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({width} → "
-                         f"{wide} units) or add a hidden layer", code))
-    else:
-        fixes.append(Fix(FixKind.CAPACITY, "Use a bigger or deeper model (more units, more layers)", ""))
+    fixes.append(width_fix(run, th, grow=True))
     fixes.append(Fix(FixKind.TRAIN_LONGER, "Train longer (more epochs) and check that the training loss is "
                      "still falling at the end", "num_epochs *= 2"))
     lr = current_lr(run)
