@@ -2045,6 +2045,60 @@ def _holdout_healthy_softmax_nll(logdir: Path) -> None:
         loss=_nll_of_probs)
 
 
+# ============================================================================ issue 11: mixture of experts
+class TokenMoE(nn.Module):
+    """A digit image as 8 tokens of 8 pixels through a top-1 mixture of ``experts`` ReLU MLP experts, mean-pooled
+    into a linear head. Each expert runs only on the tokens routed to it, and not at all on a step that routes
+    it none; its output is scaled by the gate probability, which is how the router gets a gradient.
+    ``starve`` lowers the router's bias for the last expert, as a router collapsed towards the others does."""
+
+    def __init__(self, experts: int = 4, hidden: int = 32, starve: float = 0.0) -> None:
+        super().__init__()
+        self.router = nn.Linear(8, experts)
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 8))
+                                      for _ in range(experts)])
+        self.head = nn.Linear(8, 10)
+        with torch.no_grad():
+            self.router.bias[-1] -= starve
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, 8)
+        gate, pick = self.router(tokens).softmax(-1).max(-1)   # Switch Transformer: output scaled by its gate
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            mask = pick == e
+            if bool(mask.any()):
+                out = out.index_put((mask,), gate[mask, None] * expert(tokens[mask]))
+        return self.head((tokens + out).reshape(x.shape[0], 8, 8).mean(1))
+
+
+@case("i11_healthy_moe_starved_expert", "Top-1 mixture of 4 ReLU experts over digit pixels as 8 tokens, with a "
+      "router biased against the last expert (it runs on about one recorded step in eight, on a couple of "
+      "tokens), Adam 3e-3: the starved expert's units are alive whenever it runs.",
+      arch="MoE (top-1, starved expert)", optimizer="Adam", data="digits")
+def _i11_moe_starved(logdir: Path) -> None:
+    m = TokenMoE(starve=0.4)
+    fit(m, torch.optim.Adam(m.parameters(), 3e-3), digits(seed=78), logdir, epochs=6, batch=16, seed=78)
+
+
+@case("i11_healthy_moe_8_experts_sgdm", "Top-1 mixture of 8 ReLU experts (hidden 16) over digit tokens, SGD+momentum "
+      "0.05: the router leaves the last expert idle on a third of the steps.",
+      arch="MoE (top-1, starved expert)", optimizer="SGD+momentum", data="digits")
+def _i11_moe_8(logdir: Path) -> None:
+    m = TokenMoE(experts=8, hidden=16)
+    fit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(seed=79), logdir, epochs=6, batch=32,
+        seed=79)
+
+
+@case("i11_unseen_healthy_moe_6_experts_rmsprop", "Top-1 mixture of 6 ReLU experts (hidden 24) over digit tokens, "
+      "router biased against the last expert (0.3), RMSprop 1e-3, batch 32, 5 epochs. Written before its first "
+      "run.",
+      unseen=True, arch="MoE (top-1, starved expert)", optimizer="RMSprop", data="digits")
+def _i11_moe_6(logdir: Path) -> None:
+    m = TokenMoE(experts=6, hidden=24, starve=0.3)
+    fit(m, torch.optim.RMSprop(m.parameters(), 1e-3), digits(seed=80), logdir, epochs=5, batch=32, seed=80)
+
+
 # Cases that live in their own modules (they import ``case`` and the helpers above, so they load here, once
 # everything they use is defined, and before the indexes below are built).
 from zoo import consequences as _consequences  # noqa: E402,F401

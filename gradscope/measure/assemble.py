@@ -105,13 +105,14 @@ class Transfer:
 
 class LayerStats:
     """The per-layer statistics of the current recorded step (``acc``, in the order layers were first called)
-    and, across records, when each unit was last active (for dead units)."""
+    and, across records, for how many of its layer's records each unit has been inactive (for dead units)."""
 
     def __init__(self, *, dead_window: int, saturation_derivative: float) -> None:
         self.dead_window = dead_window
         self.saturation_derivative = saturation_derivative
         self.acc: dict[int, LayerAcc] = {}
-        self._last_active: dict[int, torch.Tensor] = {}   # layer → (units,) record index a unit last fired
+        self._ages: dict[int, torch.Tensor] = {}   # layer → (units,) its records in a row each unit was inactive
+        self._seen: dict[int, int] = {}            # layer → records it ran in (its own dead-window clock)
         self._matrix_ids: list[int] = []                   # the layers of the last matrix, in its row order
 
     def reset(self) -> None:
@@ -145,18 +146,21 @@ class LayerStats:
                 return acc.s.device
         return None
 
-    def add_matrix(self, transfer: Transfer, record_index: int) -> None:
+    def add_matrix(self, transfer: Transfer) -> None:
         """Every called layer's raw sums as one (layers, ``RAW_LAYER_COLUMNS``) matrix for the record's
-        transfer (key ``"layers"``), in a constant number of ops; updates when each unit was last active."""
+        transfer (key ``"layers"``), in a constant number of ops; ages each unit on its layer's own clock
+        (``reductions.layer_matrix``: a layer that did not run this record keeps its ages)."""
         ids = sorted(i for i, a in self.acc.items() if a.unit_max is not None)
         self._matrix_ids = ids
         if not ids:
             return
-        matrix, last = layer_matrix([self.acc[i] for i in ids], [self._last_active.get(i) for i in ids],
-                                    record_index=record_index, dead_window=self.dead_window,
+        for i in ids:
+            self._seen[i] = self._seen.get(i, 0) + 1
+        matrix, ages = layer_matrix([self.acc[i] for i in ids], [self._ages.get(i) for i in ids],
+                                    seen=[self._seen[i] for i in ids], dead_window=self.dead_window,
                                     saturation_derivative=self.saturation_derivative)
-        for i, state in zip(ids, last, strict=True):
-            self._last_active[i] = state
+        for i, state in zip(ids, ages, strict=True):
+            self._ages[i] = state
         transfer.add("layers", matrix)
 
     def rows(self, fetched: Mapping[Hashable, list[float]], n_layers: int) -> list[Row | None]:
@@ -172,7 +176,8 @@ class LayerStats:
 
     def clear(self) -> None:
         self.acc = {}
-        self._last_active.clear()
+        self._ages.clear()
+        self._seen.clear()
 
 
 def param_rows(n_params: int, grad: tuple[Sequence[int], list[float]] | None,

@@ -381,18 +381,23 @@ def _held(t: torch.Tensor | None) -> torch.Tensor:
     return t
 
 
-def layer_matrix(accs: list[LayerAcc], last_active: list[torch.Tensor | None], *, record_index: int,
-                 dead_window: int, saturation_derivative: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def layer_matrix(accs: list[LayerAcc], ages: list[torch.Tensor | None], *, seen: list[int], dead_window: int,
+                 saturation_derivative: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Every layer's raw record row (``RAW_LAYER_COLUMNS``) as one (L, 12) fp32 matrix, in a constant number
-    of ops whatever the number of layers, and each layer's updated last-active record index per unit.
+    of ops whatever the number of layers, and each layer's updated per-unit age.
 
     The per-layer version of this (a stack, a dozen small reductions and casts per layer) was most of the
     ~40 ops a recorded step added per layer: on a GPU that is a kernel launch each. Here the per-unit
     vectors of all layers are concatenated once and counted per layer with one integer cumulative sum read
-    at cached segment bounds; the per-layer scalars go into one ``stack``. ``last_active[i]`` is the state
-    this returns for layer i at the previous record (None at the first); a unit is dead once it has not
-    been positive for ``dead_window`` records, and ``dead`` is NaN until that many records exist.
-    Requires every ``acc`` to hold at least one output (``unit_max`` set).
+    at cached segment bounds; the per-layer scalars go into one ``stack``.
+
+    Dead units are counted on the layer's own clock: ``ages[i]`` (None at the layer's first record) is, per
+    unit, how many of the layer's records in a row it has not been positive, and ``seen[i]`` how many records
+    the layer has been called in, this one included. A unit is dead once its age reaches ``dead_window``;
+    ``dead`` is NaN until the layer has been seen that many times. A record the layer did not run in (a
+    mixture-of-experts expert that got no token, a branch taken on some steps) leaves its ages alone: a unit
+    that had no input had no chance to fire, and counting the step against it made a starved expert's units
+    look dead. Requires every ``acc`` to hold at least one output (``unit_max`` set).
     """
     unit_maxes = [_held(a.unit_max) for a in accs]
     dev = unit_maxes[0].device
@@ -404,15 +409,21 @@ def layer_matrix(accs: list[LayerAcc], last_active: list[torch.Tensor | None], *
     scalars = scalars.to(_F32).view(len(accs), 7)   # one promotion (counts are int64, bf16 extremes)
     umax = torch.cat(unit_maxes)
     active = umax > 0
-    prev = [p if p is not None and p.numel() == n else torch.full((n,), -1, dtype=torch.int64, device=dev)
-            for p, n in zip(last_active, sizes, strict=True)]
-    last = torch.where(active, record_index, torch.cat(prev))
+    prev = [p if p is not None and p.numel() == n else torch.zeros((n,), dtype=torch.int64, device=dev)
+            for p, n in zip(ages, sizes, strict=True)]
+    age = torch.where(active, 0, torch.cat(prev) + 1)
     flags = [~active]
-    enough = record_index + 1 >= dead_window
-    if enough:
-        flags.append((record_index - last) >= dead_window)
+    enough = [k >= dead_window for k in seen]
+    if any(enough):
+        flags.append(age >= dead_window)
     counts = _segment_counts(torch.stack(flags, 1), bounds).to(_F32)   # (L, 1 or 2)
-    dead = counts[:, 1] if enough else nan.expand(len(accs))
+    if all(enough):
+        dead = counts[:, 1]
+    elif any(enough):   # a layer first called late: NaN until its own window fills
+        pick = _cached_index(tuple(k if e else len(accs) for k, e in enumerate(enough)), dev)
+        dead = torch.cat([counts[:, 1], nan.reshape(1)]).index_select(0, pick)
+    else:
+        dead = nan.expand(len(accs))
     sat_ids = [i for i, a in enumerate(accs) if a.unit_dsum is not None and a.unit_n]
     if sat_ids:
         per_unit = torch._foreach_div([_held(accs[i].unit_dsum) for i in sat_ids],
@@ -429,4 +440,4 @@ def layer_matrix(accs: list[LayerAcc], last_active: list[torch.Tensor | None], *
         saturated = dmeans = nan.expand(len(accs))
     matrix = torch.cat([scalars[:, :6], units.unsqueeze(1), counts[:, :1], dead.unsqueeze(1),
                         saturated.unsqueeze(1), dmeans.unsqueeze(1), scalars[:, 6:]], dim=1)
-    return matrix, list(last.split(sizes))
+    return matrix, list(age.split(sizes))

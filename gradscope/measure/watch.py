@@ -694,7 +694,7 @@ class Watch:
         dev = self._layer_stats.device() or (self._params[0].device if self._params else torch.device("cpu"))
         transfer = Transfer(dev)
         with torch.no_grad():
-            guard.run(Part.LAYERS, self._layer_stats.add_matrix, transfer, clock.record_index)
+            guard.run(Part.LAYERS, self._layer_stats.add_matrix, transfer)
             if self._grad is not None:
                 transfer.add("grad_norms", self._grad[1])
             if self._clip is not None:

@@ -128,16 +128,17 @@ def test_input_stats_on_bf16_input_keep_fp64_moments() -> None:
     assert st[2] == pytest.approx(float(ref.std(correction=0)), rel=1e-9)
 
 
-def _reference_row(acc: LayerAcc, last: torch.Tensor | None, rec: int, window: int, thr: float) -> tuple[
+def _reference_row(acc: LayerAcc, age: torch.Tensor | None, seen: int, window: int, thr: float) -> tuple[
         list[float], torch.Tensor]:
-    """The per-layer definition of a raw record row (what watch.py computed layer by layer), in float64."""
+    """The per-layer definition of a raw record row (what watch.py computed layer by layer), in float64: dead
+    units on the layer's own clock (``seen``: the records it ran in, this one included)."""
     assert acc.unit_max is not None and acc.s is not None and acc.ss is not None
     active = acc.unit_max > 0
     units = acc.unit_max.numel()
-    if last is None or last.numel() != units:
-        last = torch.full((units,), -1, dtype=torch.int64)
-    last = torch.where(active, rec, last)
-    dead = float(((rec - last) >= window).sum()) if rec + 1 >= window else math.nan
+    if age is None or age.numel() != units:
+        age = torch.zeros((units,), dtype=torch.int64)
+    age = torch.where(active, 0, age + 1)
+    dead = float((age >= window).sum()) if seen >= window else math.nan
     if acc.unit_dsum is not None and acc.unit_n:
         per_unit = acc.unit_dsum.double() / acc.unit_n
         sat, dmean = float((per_unit < thr).sum()), float(per_unit.mean())
@@ -146,7 +147,7 @@ def _reference_row(acc: LayerAcc, last: torch.Tensor | None, rec: int, window: i
     row = [float(acc.s), float(acc.ss), float(acc.lo), float(acc.hi), float(acc.nonzero),  # type: ignore[arg-type]
            float(acc.nonfinite), float(units), float((~active).sum()), dead, sat, dmean,  # type: ignore[arg-type]
            math.nan if acc.gsq is None else float(acc.gsq)]
-    return row, last
+    return row, age
 
 
 def _layer_outputs(rec: int, g: torch.Generator) -> list[tuple[int, torch.Tensor, int, str | None, bool]]:
@@ -169,6 +170,7 @@ def test_layer_matrix_equals_the_per_layer_definition(window: int) -> None:
     g = torch.Generator().manual_seed(5)
     state: dict[int, torch.Tensor] = {}
     ref_state: dict[int, torch.Tensor] = {}
+    seen: dict[int, int] = {}
     for rec in range(5):
         accs: dict[int, LayerAcc] = {}
         with torch.no_grad():
@@ -180,11 +182,13 @@ def test_layer_matrix_equals_the_per_layer_definition(window: int) -> None:
                 if has_grad:
                     accumulate_grad(acc, torch.randn(x.shape, generator=g))
         ids = sorted(accs)
-        matrix, last = layer_matrix([accs[i] for i in ids], [state.get(i) for i in ids], record_index=rec,
-                                    dead_window=window, saturation_derivative=0.1)
+        for i in ids:
+            seen[i] = seen.get(i, 0) + 1
+        matrix, last = layer_matrix([accs[i] for i in ids], [state.get(i) for i in ids],
+                                    seen=[seen[i] for i in ids], dead_window=window, saturation_derivative=0.1)
         assert matrix.shape == (len(ids), len(RAW_LAYER_COLUMNS)) and matrix.dtype == torch.float32
         for k, i in enumerate(ids):
-            want, ref_state[i] = _reference_row(accs[i], ref_state.get(i), rec, window, 0.1)
+            want, ref_state[i] = _reference_row(accs[i], ref_state.get(i), seen[i], window, 0.1)
             state[i] = last[k]
             torch.testing.assert_close(matrix[k].double(), torch.tensor(want, dtype=torch.float64),
                                        rtol=1e-6, atol=1e-6, equal_nan=True, msg=f"record {rec}, layer {i}")
@@ -213,7 +217,8 @@ def test_layer_matrix_takes_the_same_ops_for_4_and_64_layers() -> None:
         for rec in range(3):
             c = OpCounter()
             with c:
-                _, new = layer_matrix(accs, state, record_index=rec, dead_window=2, saturation_derivative=0.1)
+                _, new = layer_matrix(accs, state, seen=[rec + 1] * n_layers, dead_window=2,
+                                      saturation_derivative=0.1)
             state = list(new)
             counts.append(c.total)
         return counts[-1]   # warm: per-layout index tensors cached, dead window full
