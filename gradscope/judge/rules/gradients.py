@@ -30,7 +30,6 @@ from gradscope.judge.rules._common import (
     is_classifier,
     label,
     loss_scaling,
-    module_path,
     nanmedian,
     output_layer,
     pct,
@@ -42,11 +41,10 @@ from gradscope.judge.rules._common import (
 from gradscope.judge.rules._fixes import (
     clip_fix,
     init_fix,
-    layer_info,
     lr_fix,
     norm_fix,
+    residual_fix,
     swap_activation,
-    wrappable,
 )
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
@@ -542,30 +540,6 @@ def _stood_down_note(scaled: object, stood_down: list[str], reasons: list[str]) 
 
 # ---------------------------------------------------------------- fixes
 
-RESIDUAL_CLASS = """class Residual(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return x + self.inner(x)
-"""
-
-
-def _residual_fix(run: Run, f: Finding) -> Fix:
-    summary = "Add residual (skip) connections so the gradient has a path that bypasses the deep stack"
-    square = [la for n in f.layers if (la := layer_info(run, n)) is not None and la.type == "Linear"
-              and la.fan_in and la.fan_in == la.fan_out and wrappable(la)]
-    if not square:
-        where = module_path(f.layers[0]) if f.layers else "a block"
-        return Fix(FixKind.RESIDUAL, summary + " (where a block's input and output shapes match)",
-                   f"# in forward(), around {where} (the same shape in and out): x = x + block(x)")
-    la = square[0]
-    path = module_path(la.name)
-    return Fix(FixKind.RESIDUAL, f"{summary}: {label(la.name)} maps {la.fan_in} features to as many, so it can add "
-               f"its input to its output", f"{RESIDUAL_CLASS}\n\n{path} = Residual({path})")
-
-
 def vanishing_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     d = f.detail if isinstance(f.detail, VanishingDetail) else VanishingDetail()
     sat = sorted(set(d.activations) & SATURATING_ACTIVATIONS)
@@ -579,7 +553,7 @@ def vanishing_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
                                          "constant across depth", th))
     fixes.append(norm_fix(run, f.layers, "re-centres and re-scales each layer's signal", th))
     if f.layers:
-        fixes.append(_residual_fix(run, f))
+        fixes.append(residual_fix(run, f.layers, th))
     return fixes
 
 
