@@ -36,6 +36,8 @@ def _conf(hits: int, total: int, threshold: float) -> float:
     """The loop-habit rules' documented confidence: support over the checks and margin past the fraction."""
     return confidence(mean(support(hits, total, TH.confidence_support_level),
                            fraction_margin(hits / total, threshold)), TH.confidence_floor)
+
+
 STEPS = 20
 
 
