@@ -370,21 +370,21 @@ class ConvAutoencoder(nn.Module):
 
 # ================================================================ 1. nanoGPT-style character LM
 def _gpt(logdir: Path, *, lr: float, warmup: int, clip: float | None) -> None:
-    d, vocab = char_text(seed=101)
+    d, vocab = char_text(seed=101, n_train=768)
     m = CharGPT(vocab, 32)
     opt = torch.optim.AdamW(decay_groups(m, 0.1), lr, betas=(0.9, 0.95))
-    epochs, batch = 5, 32
+    epochs, batch = 4, 32
     sched = warmup_cosine(warmup, _steps(d, batch, epochs)) if warmup else None
     fit_recipe(m, opt, d, logdir, epochs=epochs, batch=batch, scheduler=sched, clip=clip, seed=101)
 
 
 @case("recipe_healthy_gpt_char_adamw_warmup_cosine", "nanoGPT-style pre-LN causal transformer (2 layers, d=48, "
       "tied head, N(0, 0.02) init) on characters of scikit-learn's dataset descriptions; AdamW 3e-3 (betas "
-      "0.9/0.95, weight decay 0.1 on matrices only), linear warm-up over 20 steps then cosine decay, "
+      "0.9/0.95, weight decay 0.1 on matrices only), linear warm-up over 12 steps then cosine decay, "
       "clip_grad_norm_ 1.0.",
       arch="GPT (pre-LN transformer)", optimizer="AdamW", data="text (sklearn descr, chars)")
 def _recipe_gpt(logdir: Path) -> None:
-    _gpt(logdir, lr=3e-3, warmup=20, clip=1.0)
+    _gpt(logdir, lr=3e-3, warmup=12, clip=1.0)
 
 
 @case("recipe_lr_30x_gpt_char_no_warmup_no_clip", "The same GPT recipe with the learning rate 30× higher (0.09), "
