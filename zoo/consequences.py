@@ -76,8 +76,10 @@ def _conseq_lr_spike_mlp(logdir: Path) -> None:
 
 @case("conseq_nan_weight_mlp_adam", "ReLU MLP 64-128-64-10 on digits, Adam 1e-3, with NaN written into one "
       "element of the second layer's weight after optimizer step 50: the loss is NaN from then on. Divergence "
-      "(a non-finite weight) is the one finding; the NaN gradients it makes are not an explosion.",
-      must=(C.DIVERGENCE,), may=(),
+      "(a non-finite weight) leads; the NaN gradients it makes are not an explosion. A model whose weights are "
+      "NaN predicts one class, so underfitting may fire too (as divergence's consequence; label corrected after "
+      "the first run).",
+      must=(C.DIVERGENCE,), may=(C.UNDERFITTING,),
       fixes={C.DIVERGENCE: (K.CLIPPING,)},
       arch="MLP", optimizer="Adam", data="digits")
 def _conseq_nan_weight_mlp(logdir: Path) -> None:

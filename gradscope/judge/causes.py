@@ -9,7 +9,9 @@ order in time), never mere co-occurrence. ``link(findings, run, thresholds)`` th
 - raises a cause to the severity of the worst finding it explains (a consequence never outranks its cause,
   and the run's worst severity is unchanged);
 - drops from a consequence the fixes of a kind one of its causes already offers: the cause's fix is the one
-  to apply, and two learning-rate fixes with different values would contradict each other.
+  to apply, and two learning-rate fixes with different values would contradict each other; a consequence that
+  is only an artefact of its cause (``Link.artefact``: the chance-level error of a model whose weights are NaN)
+  keeps none of its own.
 
 Consequences keep their code and stay warnings or errors: ``--fail-on``, the zoo's verdicts and ``--ignore``
 work as before. Links are between warning/error findings only.
@@ -23,10 +25,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, Severity
-from gradscope.judge.rules._common import early_count, nanmedian, safe_div, stat
+from gradscope.judge.rules._common import early_count, finite_series, nanmedian, safe_div, stat, tail_slice
 from gradscope.judge.rules.gradients import ExplodingDetail
 from gradscope.judge.rules.loss import FirstStep
-from gradscope.judge.rules.optim import LearningRateDetail
+from gradscope.judge.rules.optim import LearningRateDetail, LrSpike, spike_fix
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -35,12 +37,15 @@ Condition = Callable[[Finding, Finding, Run, Thresholds], bool]
 
 @dataclass(frozen=True)
 class Link:
-    """``cause`` explains ``effect`` on a run when ``when(cause_finding, effect_finding, run, thresholds)``."""
+    """``cause`` explains ``effect`` on a run when ``when(cause_finding, effect_finding, run, thresholds)``.
+    ``artefact``: the effect is only an artefact of the cause (a NaN model's chance-level error), so none of its
+    own fixes apply — the cause's do."""
 
     cause: Code
     effect: Code
     when: Condition
     why: str
+    artefact: bool = False
 
 
 def _direction(f: Finding) -> object:
@@ -100,6 +105,43 @@ def _first_layer(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
     return bool(c.layers) and c.layers[0] in e.layers
 
 
+def _spike(f: Finding) -> LrSpike | None:
+    return f.detail.spike if isinstance(f.detail, LearningRateDetail) else None
+
+
+def _after_spike(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The learning rate spiked in the recorded schedule, and the consequence began after the last recorded step
+    at the base rate before the spike: the run was fine at that rate, then the spike's steps threw it off."""
+    s, first = _spike(c), _first_step(e)
+    return s is not None and first is not None and first > s.before
+
+
+def _spike_undid_progress(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The spike undid the training: the logged training or validation loss just before the spike (median of its
+    last ``early_min_steps`` values before it) was lower than at the end of the run (median of the last
+    ``tail_fraction`` of the values after it)."""
+    s = _spike(c)
+    if s is None:
+        return False
+    for key in ("train_loss", "val_loss"):
+        st, v = finite_series(run.metrics.get(key))
+        pre, post = v[st < s.first][-th.early_min_steps:], v[st > s.last]
+        if pre.size and post.size and float(np.median(pre)) < float(np.median(post[tail_slice(post.size, th)])):
+            return True
+    return False
+
+
+def _nonfinite_before_end(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The run went NaN/Inf (not a finite runaway) before its last logged loss: a model whose weights are NaN
+    predicts one class whatever the input, so its error is chance-level because of the NaN."""
+    first = _first_step(c)
+    if first is None or "events" not in c.evidence:     # only a NaN/Inf divergence lists its events
+        return False
+    last = [int(np.max(s.steps)) for k in ("train_loss", "val_loss", "train_acc", "val_acc", "train_error",
+                                              "val_error") if (s := run.metrics.get(k)) is not None and len(s)]
+    return bool(last) and first <= max(last)
+
+
 def _reference_not_updated(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
     """The vanishing test compares against a layer the optimizer does not hold: ``optimizer.zero_grad()`` never
     clears that layer's gradient, so it piles up step after step and every other layer looks small next to it."""
@@ -118,6 +160,18 @@ LINKS: tuple[Link, ...] = (
          and _alive_early_then_dead(c, e, r, t),
          "a large update pushes a unit's pre-activation negative for every input, where it gets no gradient"),
     Link(Code.LEARNING_RATE, Code.UNDERFITTING, _lr("low"), "steps too small to fit in the time trained"),
+    # A spike in the recorded schedule gives the order in time the general case lacks: the run was fine at the
+    # base rate, and what broke began with the spike.
+    Link(Code.LEARNING_RATE, Code.EXPLODING_GRADIENTS, _after_spike,
+         "a few steps at many times the base rate throw the weights out of range, and the gradients with them"),
+    Link(Code.LEARNING_RATE, Code.VANISHING_GRADIENTS, _after_spike,
+         "the spike's large updates kill or saturate units, and no gradient passes them afterwards"),
+    Link(Code.LEARNING_RATE, Code.SATURATION, _after_spike,
+         "the spike's large updates push pre-activations into the flat tails"),
+    Link(Code.LEARNING_RATE, Code.UNDERFITTING, _spike_undid_progress,
+         "the spike threw away the progress made before it: the loss ends above where it was before the spike"),
+    Link(Code.DIVERGENCE, Code.UNDERFITTING, _nonfinite_before_end,
+         "a model whose weights turned NaN predicts one class whatever the input", artefact=True),
     Link(Code.EXPLODING_GRADIENTS, Code.DIVERGENCE, _before,
          "gradients that kept growing overflow to NaN/Inf"),
     Link(Code.POOR_INIT, Code.VANISHING_GRADIENTS, _init_shows_in_depth,
@@ -156,14 +210,17 @@ _BACKS_OFF = (Code.DIVERGENCE, Code.EXPLODING_GRADIENTS, Code.DEAD_RELU, Code.SA
 def _one_learning_rate(findings: list[Finding]) -> list[Finding]:
     """When the learning rate is judged too high, every finding that also says "lower the learning rate" gives
     the learning_rate finding's value (derived from the measured update/weight ratios) instead of its own rule
-    of thumb: a report never asks for two different learning rates."""
+    of thumb: a report never asks for two different learning rates. When the schedule spiked, that is the
+    schedule fix (the base rate was fine): no finding asks to lower the base rate."""
     source = next((f for f in findings if f.code is Code.LEARNING_RATE and _loud(f) and _direction(f) == "high"
                    and f.fixes and f.fixes[0].kind is FixKind.LEARNING_RATE and f.fixes[0].code), None)
     if source is None:
         return findings
     lr = source.fixes[0]
-    same = Fix(FixKind.LEARNING_RATE, f"{lr.summary} (the value the learning_rate finding derives from the "
-                                      f"update/weight ratios)", lr.code)
+    spike = _spike(source)
+    same = (spike_fix(spike) if spike is not None else
+            Fix(FixKind.LEARNING_RATE, f"{lr.summary} (the value the learning_rate finding derives from the "
+                                       f"update/weight ratios)", lr.code))
     return [replace(f, fixes=tuple(same if fx.kind is FixKind.LEARNING_RATE else fx for fx in f.fixes))
             if f.code in _BACKS_OFF else f for f in findings]
 
@@ -174,6 +231,7 @@ def link(findings: list[Finding], run: Run, th: Thresholds) -> list[Finding]:
     agree on one value (``_one_learning_rate``)."""
     findings = _one_learning_rate(findings)
     edges: set[tuple[int, int]] = set()
+    artefacts: set[int] = set()
     for li in LINKS:
         for i, c in enumerate(findings):
             if c.code is not li.cause or not _loud(c):
@@ -181,6 +239,8 @@ def link(findings: list[Finding], run: Run, th: Thresholds) -> list[Finding]:
             for j, e in enumerate(findings):
                 if i != j and e.code is li.effect and _loud(e) and li.when(c, e, run, th):
                     edges.add((i, j))
+                    if li.artefact:
+                        artefacts.add(j)
     if not edges:
         return findings
     causes = {j: {i for i, jj in edges if jj == j} for j in range(len(findings))}
@@ -203,6 +263,8 @@ def link(findings: list[Finding], run: Run, th: Thresholds) -> list[Finding]:
         severity = max([f.severity, *(findings[j].severity for j in below)], key=lambda s: s.rank)
         taken = {fx.kind for a in above for fx in findings[a].fixes}
         fixes = tuple(fx for fx in f.fixes if fx.kind not in taken) if above else f.fixes
+        if k in artefacts:
+            fixes = ()
         out.append(replace(f, severity=severity, fixes=fixes,
                            caused_by=tuple(dict.fromkeys(findings[i].code for i in sorted(causes[k]))),
                            consequences=tuple(dict.fromkeys(findings[j].code for j in sorted(effects[k])))))

@@ -517,6 +517,20 @@ class Thresholds:
     optimizer, and only the first ``not_updated_skip_steps`` steps are left out for a warm-up. A fifth off: the
     finding still stands on every judged step, but one explanation cannot be ruled out."""
 
+    # ---------------------------------------------------------------- issue 11: consequences reported as causes
+    lr_spike_factor: float = 10.0
+    """How many times the run's median learning rate the recorded per-step rate must reach, on a few consecutive
+    recorded steps with the base rate on both sides, to be a spike in the schedule (``learning_rate``): one
+    decade, the step learning rates are searched by (Bengio 2012, as ``fix_lr_backoff``). The schedules people
+    mean stay well inside it: a one-cycle policy peaks at a few times its median, cosine and warm restarts at
+    about twice it, a warm-up or a step decay never rise above their base (docs/theory.md); the zoo's ×100
+    spikes (SGD 0.05 → 5, AdamW 1e-3 → 0.1) wreck the run within the spike, its ×2 bump trains normally."""
+
+    lr_spike_max_fraction: float = 0.2
+    """Largest share of the recorded steps a spike may cover: a spike is a few steps of a schedule that is
+    otherwise at its base; a rate that stays high for longer is the schedule's base itself (judged from the
+    update/weight ratios), and the median it is compared with must come from the steps outside it."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))

@@ -116,6 +116,7 @@ def test_vanishing_not_evaluated_cases() -> None:
 
 def test_exploding_on_nonfinite_gradients_names_step_and_layer() -> None:
     run = healthy_run(n=50)
+    run.all_grad_norm[35:40] *= 1e3            # the gradients grew into the overflow (issue 11)
     run.param_stats["grad_nonfinite"][40:, 0] = 1
     add_nonfinite(run, 40, "gradient", "fc3")
     f = _codes(run)[Code.EXPLODING_GRADIENTS][0]
@@ -204,8 +205,12 @@ def test_divergence_names_first_step_and_layer() -> None:
     assert f.severity is Severity.ERROR and f.steps == (30, 31)
     assert f.layers == ("fc2",) and "step 30" in f.message and "fc2" in f.message
     kinds = [fx.kind for fx in f.fixes]
+    # The gradients never grew before the NaN (issue 11): find where it came from, not a lower learning rate.
+    assert kinds[:2] == [FixKind.TRAINING_LOOP, FixKind.CLIPPING] and "step 30" in f.fixes[0].summary
+    run.all_grad_norm[25:30] *= 1e3            # gradients that grew into the overflow: the learning rate
+    kinds = [fx.kind for fx in _codes(run)[Code.DIVERGENCE][0].fixes]
     assert kinds[:2] == [FixKind.LEARNING_RATE, FixKind.CLIPPING]
-    assert "group[\"lr\"] = 0.005" in f.fixes[0].code   # lr 0.05 × 0.1, set in place
+    assert "group[\"lr\"] = 0.005" in _codes(run)[Code.DIVERGENCE][0].fixes[0].code   # lr 0.05 × 0.1, in place
 
 
 def test_divergence_from_logged_loss_only() -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradscope.judge.confidence import agree, confidence, mean, ratio_margin, support
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     LOG,
@@ -131,6 +132,11 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     factors below one compound exponentially with depth (sigmoid' ≤ 0.25; Glorot & Bengio 2010), so early
     layers keep their random initial features.
 
+    Confidence: for each measure that fired, the Wilson lower bound (``confidence_support_level``) of the
+    fraction of steps on which it held, averaged with how far its median ratio is below its threshold
+    (``ratio_margin``); the two measures agree as independent signals (``agree``), mapped through
+    ``confidence`` from ``confidence_floor``.
+
     Fixes: ReLU-family activations instead of sigmoid/tanh in hidden layers; He/Glorot initialization matched
     to the activation; normalization layers (BatchNorm/LayerNorm); residual connections.
     """
@@ -188,6 +194,7 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     flagged = np.zeros_like(ok_steps)
     severity = Severity.WARNING
     acts: set[str] = set()
+    med_ratio = hmed = math.nan
     if by_relative and dg is not None:
         g, idx, measure = dg
         first_layer = run.layers[idx[0]]
@@ -238,10 +245,17 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     evidence["activations"] = sorted(acts)
     steps = step_range(run.steps[flagged])
     msg = "; ".join(parts) + f" ({fmt_steps(steps)})"
-    best = max(frac, hfrac)
-    confidence = min(1.0, 0.5 + 0.5 * best) * (1.0 if by_relative else 0.8)
+    level = th.confidence_support_level
+    strengths = []
+    if by_relative:
+        strengths.append(mean(support(int(cond.sum()), int(valid.sum()), level),
+                              ratio_margin(th.vanishing_ratio, med_ratio)))
+    if by_hidden:
+        strengths.append(mean(support(int(hcond.sum()), int(hvalid.sum()), level),
+                              ratio_margin(th.vanishing_hidden_ratio, hmed)))
+    conf = confidence(agree(*strengths), th.confidence_floor)
     return [Finding(code, severity, "Vanishing gradients", msg, layers=tuple(dict.fromkeys(starving)),
-                    steps=steps, evidence=evidence, confidence=confidence,
+                    steps=steps, evidence=evidence, confidence=conf,
                     detail=VanishingDetail(activations=tuple(sorted(acts))))]
 
 
@@ -294,13 +308,64 @@ def _target_unscaled(run: Run, th: Thresholds) -> float | None:
     return m if math.isfinite(m) and m > th.input_std_max else None
 
 
+def _layer_gradient(run: Run, name: str, rows: np.ndarray) -> float:
+    """A layer's gradient on the recorded steps ``rows``: the median over those steps of the largest gradient
+    norm among its parameters (its output gradient when it has no parameter statistics), finite values only;
+    NaN when it has none there."""
+    pg, lg = stat(run, "param", "grad_norm"), stat(run, "layer", "grad_norm")
+    cols = [i for i, p in enumerate(run.params) if p.layer == name]
+    vals = np.full(int(rows.sum()), np.nan)
+    if pg is not None and cols:
+        with np.errstate(invalid="ignore"):
+            g = np.where(np.isfinite(pg[rows][:, cols]), pg[rows][:, cols], np.nan)
+        if np.isfinite(g).any():
+            vals = np.nanmax(np.where(np.isfinite(g), g, -np.inf), axis=1)
+            vals[~np.isfinite(vals)] = np.nan
+    if not np.isfinite(vals).any() and lg is not None and name in [la.name for la in run.layers]:
+        vals = lg[rows, run.layer_index(name)]
+    return float(nanmedian(vals)) if np.isfinite(vals).any() else math.nan
+
+
+def _gradient_alive(run: Run, names: list[str], steps: list[int]) -> list[str]:
+    """The layers among ``names`` with a finite, positive gradient (``_layer_gradient``) on the recorded steps
+    in ``steps``' range: a layer whose gradient is 0 (dead units), not finite or absent is never named as
+    exploding — its activations may have blown up, but no gradient explodes through it."""
+    r = step_range(steps)
+    rows = (run.steps >= r[0]) & (run.steps <= r[1]) if r is not None else np.ones(run.steps.shape, dtype=bool)
+    if not rows.any():
+        rows = np.ones(run.steps.shape, dtype=bool)
+    out = []
+    for n in dict.fromkeys(names):
+        g = _layer_gradient(run, n, rows)
+        if math.isfinite(g) and g > 0:
+            out.append(n)
+    return out
+
+
+def _growth_before(values: np.ndarray, steps: np.ndarray, first_bad: int, th: Thresholds) -> float | None:
+    """The largest finite total gradient norm before step ``first_bad`` over its early level
+    (``early_reference``); None when there is none to compare. At ``exploding_growth``× or more the gradients
+    grew into the overflow; below it they jumped from their usual level straight to NaN/Inf (a non-finite
+    weight, input or loss got in)."""
+    before = values[steps < first_bad]
+    fin = before[np.isfinite(before)]
+    if fin.size == 0:
+        return None
+    early = early_reference(fin, th)
+    if not (math.isfinite(early) and early > 0):
+        return None
+    return float(np.max(fin)) / early
+
+
 def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """Exploding gradients (and activations): gradient or activation magnitudes blow up.
 
     Symptom: loss spikes, jumps to NaN/Inf, or oscillates wildly; weights grow without bound.
 
     Detected when any of these holds:
-    non-finite parameter gradients on a step the optimizer did not skip;
+    non-finite parameter gradients on a step the optimizer did not skip, after the total gradient norm grew
+    ``exploding_growth``× its early level (NaN gradients straight from the usual level come from a NaN weight,
+    input or loss: that is ``divergence``, and an info note says so);
     the first layer's relative gradient exceeds ``exploding_ratio`` × the last layer's on ``persistence`` of
     the steps (depth ratio, the mirror of vanishing);
     the total gradient norm grows above ``exploding_growth`` × its early level (``early_reference``: the lowest
@@ -326,8 +391,18 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     depth test compares the first weighted layer with the last *hidden* one (the head's output grows to the
     target's or the logits' scale; with fewer than three weighted layers it does not run).
 
+    The layers named are those with a finite, positive gradient on the flagged steps: a layer whose gradient is
+    0 (dead units), not finite or absent is never named as exploding.
+
     Why it matters: gradient factors above one compound with depth (and with time, once updates enlarge the
     weights), so steps overshoot, the loss diverges and numbers overflow.
+
+    Confidence: each criterion that fired gives the Wilson lower bound (``confidence_support_level``) of the
+    fraction of steps it held on, averaged with how far its statistic is past its threshold (``ratio_margin``);
+    the criteria agree as independent signals (``agree``), mapped through ``confidence`` from
+    ``confidence_floor``. The info note's confidence comes the same way from the evidence for each test that
+    stood down (the share of steps with a known loss scale, the target's RMS over ``input_std_max``, how far
+    below ``exploding_growth`` the gradient stayed before turning NaN).
 
     Fixes: gradient clipping at a norm taken from the healthy early steps; a lower learning rate;
     normalization layers; initialization matched to the activation.
@@ -341,6 +416,9 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     evidence: dict[str, object] = {}
     layers: list[str] = []
     flagged_steps: list[int] = []
+    strengths: list[float] = []     # one per criterion that fired: its evidence in [0, 1] (see the docstring)
+    note_strengths: list[float] = []   # the same for each test that stood down (the info note's confidence)
+    level = th.confidence_support_level
     severity = Severity.WARNING
 
     # 1. Non-finite parameter gradients on steps that were not skipped by a GradScaler.
@@ -357,16 +435,31 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             nf_layer = nf_layer or rec.layer
     if nf_steps and scaled is not None:
         stood_down.append(f"non-finite gradients on {len(set(nf_steps))} step(s) (overflows the scaler skipped)")
+        note_strengths.append(support(int(np.isfinite(scaled.scale).sum()), int(run.steps.size), level))
         valid = valid & ~np.isin(run.steps, nf_steps)
         nf_steps = []
     if nf_steps:
         first = min(nf_steps)
-        severity = Severity.ERROR
-        reasons.append(f"non-finite gradients from step {first}" + (f" (first in {nf_layer})" if nf_layer else ""))
-        evidence["nonfinite_first_step"] = first
-        flagged_steps += nf_steps
-        if nf_layer:
-            layers.append(nf_layer)
+        gs, gv = (run.all_steps, run.all_grad_norm) if run.all_grad_norm.size else (run.steps, run.grad_norm)
+        grew = _growth_before(gv, gs, first, th)
+        if grew is None or grew < th.exploding_growth:
+            # NaN gradients from a NaN weight (or input, or loss) are the divergence's, not an explosion.
+            rose = f" (at most {fmt_num(grew)}× its early level)" if grew is not None else ""
+            stood_down.append(f"non-finite gradients from step {first}: the gradient norm did not grow before them"
+                              f"{rose} — a non-finite weight, input or loss got in (see divergence)")
+            note_strengths.append(ratio_margin(th.exploding_growth, grew) if grew is not None else 0.0)
+        else:
+            severity = Severity.ERROR
+            reasons.append(f"non-finite gradients from step {first}" + (f" (first in {nf_layer})" if nf_layer else "")
+                           + f" after the total gradient norm grew {fmt_num(grew)}× its early level")
+            evidence["nonfinite_first_step"] = first
+            evidence["nonfinite_after_growth"] = grew
+            flagged_steps += nf_steps
+            if nf_layer:
+                layers.append(nf_layer)
+            nf_rows = int(np.isin(run.steps, nf_steps).sum())
+            strengths.append(mean(ratio_margin(grew, th.exploding_growth),
+                                  support(nf_rows, int(max(valid.sum(), nf_rows)), level)))
 
     # 2. Depth ratio, first layer over last.
     dg = _depth_gradients(run)
@@ -386,6 +479,8 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 evidence["median_depth_ratio"] = med
                 layers.append(run.layers[idx[0]].name)
                 flagged_steps += run.steps[cond].tolist()
+                strengths.append(mean(support(int(cond.sum()), int(ok.sum()), level),
+                                      ratio_margin(med, th.exploding_ratio)))
 
     # 3. Growth of the total gradient norm over time (every step when available).
     if scaled is not None:
@@ -414,6 +509,8 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             evidence["grad_norm_early_median"] = early
             evidence["grad_norm_peak_growth"] = peak
             flagged_steps += later_steps[mask].tolist()
+            strengths.append(mean(support(int(fin_mask.sum()), int(fin_mask.size), level),
+                                  ratio_margin(peak, th.exploding_growth)))
 
     # 4. Activation std growth per layer over time, and 5. across depth.
     var = stat(run, "layer", "var")
@@ -432,6 +529,10 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             head = output_layer(run)
             grown = [j for j in range(std.shape[1]) if fin[:, j].any() and fr[j] >= th.exploding_persistence
                      and early_std[j] > 0 and j != head]
+            # Not a layer no gradient flows through (dead units, NaN): its activations grew, its gradient did not.
+            alive = set(_gradient_alive(run, [run.layers[j].name for j in grown],
+                                        run.steps[k:][hit[:, grown].any(axis=1)].tolist() if grown else []))
+            grown = [j for j in grown if run.layers[j].name in alive]
             if grown:
                 worst = max(grown, key=lambda j: float(np.nanmax(grow[:, j])))
                 reasons.append(f"activation std of {', '.join(label(run.layers[j].name) for j in grown[:3])}"
@@ -441,6 +542,8 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 evidence["activation_growth_layers"] = [run.layers[j].name for j in grown]
                 layers += [run.layers[j].name for j in grown]
                 flagged_steps += run.steps[k:][hit[:, grown].any(axis=1)].tolist()
+                strengths.append(mean(support(int(hit[:, worst].sum()), int(fin[:, worst].sum()), level),
+                                      ratio_margin(float(np.nanmax(grow[:, worst])), th.exploding_activation_growth)))
         # First weighted layer to the last hidden one: the head is left out, as in the growth test above.
         w = [i for i, _ in weighted_layers(run)][:-1]
         if len(w) >= 2:
@@ -468,11 +571,15 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                     layers += [run.layers[i].name for i in w[1:]]
                     flagged_steps += run.steps[cond].tolist() if frac >= th.persistence else \
                         run.steps[early_rows].tolist()
+                    hits_n, of_n = ((int(cond.sum()), int(ok.sum())) if frac >= th.persistence else
+                                    (int(cond[early_rows].sum()), int(early_rows.size)))
+                    strengths.append(mean(support(hits_n, of_n, level), ratio_margin(med, th.signal_depth_factor)))
 
     # 6. Gradient huge relative to the weights, from the start.
     wn = _total_weight_norm(run)
     if wn is not None and scaled is not None and not scaled.known:
         stood_down.append("the gradient magnitude tests (the loss scale is unknown)")
+        note_strengths.append(0.0)
         wn = None
     if wn is not None:
         rel = safe_div(run.grad_norm / scaled.scale if scaled is not None else run.grad_norm, wn)
@@ -489,12 +596,15 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                                   f"regression head outputs a raw-scale target (RMS {fmt_num(raw_target)}, threshold "
                                   f"{fmt_num(th.input_std_max)}), and the loss gradient carries its units — "
                                   f"standardize the target (and un-scale the predictions) instead")
+                note_strengths.append(ratio_margin(raw_target, th.input_std_max))
             elif frac >= th.persistence:
                 med = float(nanmedian(rel[ok]))
                 reasons.append(f"total gradient norm is {fmt_num(med)}× the total weight norm "
                                f"(threshold {fmt_num(th.exploding_relative_grad)}×)")
                 evidence["median_grad_to_weight"] = med
                 flagged_steps += run.steps[cond].tolist()
+                strengths.append(mean(support(int(cond.sum()), int(ok.sum()), level),
+                                      ratio_margin(med, th.exploding_relative_grad)))
             elif early_med > th.exploding_relative_grad and not _input_unscaled(run, th):
                 # Huge from the start, then tamed (an adaptive optimizer rescales its steps): still explosive
                 # at init, and the first updates were thrown around by it.
@@ -502,8 +612,14 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                                f"first {k} recorded steps (threshold {fmt_num(th.exploding_relative_grad)}×)")
                 evidence["early_grad_to_weight"] = early_med
                 flagged_steps += run.steps[ok][:k].tolist()
+                with np.errstate(invalid="ignore"):
+                    early_hits = int((early_rel > th.exploding_relative_grad).sum())
+                strengths.append(mean(support(early_hits, int(early_rel.size), level),
+                                      ratio_margin(early_med, th.exploding_relative_grad)))
 
-    notes = _stood_down_note(scaled, stood_down, reasons)
+    if scaled is not None and not stood_down:
+        note_strengths.append(support(int(np.isfinite(scaled.scale).sum()), int(run.steps.size), level))
+    notes = _stood_down_note(scaled, stood_down, reasons, confidence(agree(*note_strengths), th.confidence_floor))
     if not reasons:
         return notes
     evidence["criteria"] = reasons
@@ -511,17 +627,18 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     evidence["first_step"] = steps[0] if steps else None
     if not layers:
         layers = [run.layers[i].name for i, _ in weighted_layers(run)]
-    uniq = list(dict.fromkeys(layers))
+    uniq = _gradient_alive(run, layers, flagged_steps)
     msg = "; ".join(reasons) + f" ({fmt_steps(steps)})"
-    confidence = min(1.0, 0.6 + 0.2 * len(reasons))
+    conf = confidence(agree(*strengths), th.confidence_floor)
     detail = ExplodingDetail(first_step=steps[0] if steps else None,
                              through_depth="activation_depth_growth" in evidence or "median_depth_ratio" in evidence)
     return [Finding(code, severity, "Exploding gradients", msg, layers=tuple(uniq), steps=steps,
-                    evidence=evidence, confidence=confidence, detail=detail), *notes]
+                    evidence=evidence, confidence=conf, detail=detail), *notes]
 
 
-def _stood_down_note(scaled: object, stood_down: list[str], reasons: list[str]) -> list[Finding]:
-    """An info finding that says which tests stood down and why (loss-scaled gradients, a raw-scale target)."""
+def _stood_down_note(scaled: object, stood_down: list[str], reasons: list[str], conf: float) -> list[Finding]:
+    """An info finding that says which tests stood down and why (loss-scaled gradients, a raw-scale target, NaN
+    gradients that did not grow first); ``conf`` from the evidence for each (see ``exploding_gradients``)."""
     if not stood_down and scaled is None:
         return []
     parts = []
@@ -535,7 +652,7 @@ def _stood_down_note(scaled: object, stood_down: list[str], reasons: list[str]) 
         parts.append("not counted as exploding: " + "; ".join(stood_down))
     return [Finding(Code.EXPLODING_GRADIENTS, Severity.INFO, title, "; ".join(parts),
                     evidence={"stood_down": stood_down, "loss_scaled": scaled is not None},
-                    confidence=0.7, detail=ExplodingDetail(note=True))]
+                    confidence=conf, detail=ExplodingDetail(note=True))]
 
 
 # ---------------------------------------------------------------- fixes

@@ -11,18 +11,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.judge.findings import Code, Finding, Fix, Severity
+from gradscope.judge.confidence import agree, confidence, ratio_margin, support
+from gradscope.judge.findings import Code, Finding, Fix, FixKind, Severity
 from gradscope.judge.rules._common import (
     Context,
     Need,
     Rule,
     RuleResult,
     early_count,
+    early_reference,
     finite_series,
     fmt_num,
     fmt_steps,
     head_outputs,
     is_classifier,
+    label,
     loss_scaling,
     nanmedian,
     step_range,
@@ -45,6 +48,7 @@ class FirstStep:
     before it)."""
 
     step: int | None = None
+    sudden: bool = False    # NaN/Inf straight from the usual gradient level: a non-finite value got in, no overflow
 
 
 def _no_loss(run: Run, th: Thresholds) -> str | None:
@@ -80,6 +84,16 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     up within its first logged values is not excused by comparing it with them.
 
     Why it matters: one NaN poisons every weight it touches; nothing trained after it is usable.
+
+    Confidence: for NaN/Inf, the Wilson lower bound (``confidence_support_level``) of the share of per-step
+    gradient norms (or logged losses) from the first bad step on that stayed non-finite — a run that stays NaN
+    diverged for good — agreeing with the number of kinds of non-finite value seen (loss, gradient, activation:
+    k of k); for a finite runaway, how far the end is past ``divergence_loss_growth`` (``ratio_margin``) agreeing
+    with the share of the last part above it; mapped through ``confidence`` from ``confidence_floor``.
+
+    When the per-step gradient norm stayed below ``exploding_growth``× its early level up to the first NaN/Inf
+    (nothing overflowed: a non-finite weight, input or loss got in), the first fix finds where it came from
+    instead of lowering the learning rate.
 
     Fixes: a lower learning rate; gradient clipping; checking the inputs/labels of the first bad step;
     a numerically stable loss (``nn.CrossEntropyLoss`` on logits rather than ``log(softmax)``).
@@ -135,11 +149,16 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         if len(what) > 1:
             msg += f"; also: {', '.join(w for w in what if w != events[0][1])}"
         last = max(e[0] for e in events)
+        stayed, after = _stayed_nonfinite(run, first_step)
+        sudden = _sudden(run, first_step, th)
         return [Finding(code, Severity.ERROR, "Training diverged (NaN/Inf)", msg,
                         layers=(first_layer,) if first_layer else (), steps=(first_step, last),
                         evidence={"first_step": first_step, "first_layer": first_layer, "events": what,
-                                  "scaler_skipped_steps": len(skipped_steps)},
-                        confidence=1.0, detail=FirstStep(first_step))]
+                                  "scaler_skipped_steps": len(skipped_steps), "nonfinite_after": [stayed, after]},
+                        confidence=confidence(agree(support(stayed, after, th.confidence_support_level),
+                                                    support(len(what), len(what), th.confidence_support_level)),
+                                              th.confidence_floor),
+                        detail=FirstStep(first_step, sudden=sudden))]
     # A finite runaway: the loss ends far above where it started.
     st, v = finite_series(tl)
     if v.size >= th.fit_min_points:
@@ -157,12 +176,44 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             steps = step_range(st[tail_slice(v.size, th)])
             rose = (f"rose from {fmt_num(start)} to {fmt_num(end)}" if end > start else
                     f"started at {fmt_num(start)} and ended at {fmt_num(end)}")
+            tail = v[tail_slice(v.size, th)]
+            conf = confidence(agree(ratio_margin(end / ref, th.divergence_loss_growth),
+                                    support(int((tail >= th.divergence_loss_growth * ref).sum()), int(tail.size),
+                                            th.confidence_support_level)), th.confidence_floor)
             return [Finding(code, Severity.WARNING, "Training loss diverging",
                             f"training loss {rose} ({fmt_num(end / ref)}× {against}, threshold "
                             f"{fmt_num(th.divergence_loss_growth)}×) over {fmt_steps(steps)}", steps=steps,
                             evidence={"start_loss": start, "end_loss": end, "first_step": steps[0] if steps else None},
-                            confidence=0.8, detail=FirstStep(steps[0] if steps else None))]
+                            confidence=conf, detail=FirstStep(steps[0] if steps else None))]
     return []
+
+
+def _sudden(run: Run, first: int, th: Thresholds) -> bool:
+    """The per-step gradient norm stayed below ``exploding_growth``× its early level (``early_reference``) up to
+    step ``first``, where the numbers turned NaN/Inf: no overflow built up, a non-finite value got in (a weight
+    written NaN, a bad batch, a log of 0 in the loss). False when there is nothing before it to tell."""
+    gs, gv = (run.all_steps, run.all_grad_norm) if run.all_grad_norm.size else (run.steps, run.grad_norm)
+    before = gv[(gs < first) & np.isfinite(gv)]
+    if before.size < th.early_min_steps:
+        return False
+    early = early_reference(before, th)
+    return bool(math.isfinite(early) and early > 0 and float(np.max(before)) < th.exploding_growth * early)
+
+
+def _stayed_nonfinite(run: Run, first: int) -> tuple[int, int]:
+    """(non-finite, all) values from step ``first`` on, over the per-step gradient norms and the logged training
+    loss: a run that stays NaN diverged for good; one that came back had an isolated event."""
+    bad = total = 0
+    gs, gv = run.all_steps, run.all_grad_norm
+    if gv.size:
+        later = gv[gs >= first]
+        bad, total = int((~np.isfinite(later)).sum()), int(later.size)
+    tl = run.metrics.get("train_loss")
+    if tl is not None and len(tl):
+        lv = np.asarray(tl.values, dtype=float)[np.asarray(tl.steps) >= first]
+        if lv.size and (total == 0 or (~np.isfinite(lv)).mean() > bad / total):
+            bad, total = int((~np.isfinite(lv)).sum()), int(lv.size)
+    return bad, total
 
 
 def _floored(values: np.ndarray, th: Thresholds) -> np.ndarray:
@@ -246,6 +297,11 @@ def unstable_loss(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     Why it matters: spikes mean some steps overshoot (learning rate too high for the curvature there, a bad
     batch, exploding gradients); oscillation means the optimizer bounces across a valley instead of descending.
 
+    Confidence: the signals that fired agree as independent evidence (``agree``): spikes (loss, gradient norm)
+    as the Wilson lower bound (``confidence_support_level``) of k / (k + ``spike_min_count``) for k spikes — more
+    spikes, more sure; a rebound and an oscillation by how far they are past ``unstable_rebound`` and
+    ``oscillation_jitter`` (``ratio_margin``); mapped through ``confidence`` from ``confidence_floor``.
+
     Fixes: a lower learning rate (or warm-up); gradient clipping at the healthy gradient norm; larger batches.
     """
     st, v = finite_series(run.metrics.get("train_loss"))
@@ -257,6 +313,8 @@ def unstable_loss(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     flagged: list[int] = []
     severity: Severity | None = None
     evidence: dict[str, object] = {}
+    strengths: list[float] = []     # one per signal that fired (see the docstring)
+    level = th.confidence_support_level
     if have_loss:
         sp = find_spikes(v, th)
         if sp.size:
@@ -265,6 +323,7 @@ def unstable_loss(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                            f"median (first at step {int(st[sp[0]])})")
             flagged += st[sp].tolist()
             severity = Severity.WARNING if sp.size >= th.spike_min_count else Severity.INFO
+            strengths.append(support(int(sp.size), int(sp.size) + th.spike_min_count, level))
         rb = _rebound(v, th)
         if rb is not None:
             evidence["loss_rebound"] = rb[0]
@@ -274,6 +333,7 @@ def unstable_loss(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                                f"threshold {fmt_num(th.unstable_rebound)}×)")
                 flagged += [int(st[rb[1]]), int(st[rb[2]])]
                 severity = Severity.WARNING
+                strengths.append(ratio_margin(rb[0], th.unstable_rebound))
         osc = _oscillation(v, th)
         if osc is not None:
             jitter, progress = osc
@@ -284,6 +344,7 @@ def unstable_loss(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                                f"with {fmt_num(100 * progress)}% progress over the last part")
                 flagged += st[tail_slice(v.size, th)].tolist()
                 severity = Severity.WARNING
+                strengths.append(ratio_margin(jitter, th.oscillation_jitter))
     if have_grad:
         gsp = find_spikes(gv, th)
         if gsp.size >= th.spike_min_count:
@@ -292,13 +353,14 @@ def unstable_loss(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                            f"median (first at step {int(gst[gsp[0]])})")
             flagged += gst[gsp].tolist()
             severity = severity or Severity.INFO
+            strengths.append(support(int(gsp.size), int(gsp.size) + th.spike_min_count, level))
     if severity is None:
         return []
     steps = step_range(flagged)
     evidence["first_step"] = steps[0] if steps else None
     return [Finding(Code.UNSTABLE_LOSS, severity, "Unstable training loss",
                     "; ".join(reasons) + f" ({fmt_steps(steps)})", steps=steps, evidence=evidence,
-                    confidence=0.8 if severity is Severity.WARNING else 0.5,
+                    confidence=confidence(agree(*strengths), th.confidence_floor),
                     detail=FirstStep(steps[0] if steps else None))]
 
 
@@ -308,7 +370,23 @@ def _first_step(f: Finding) -> int | None:
     return f.detail.step if isinstance(f.detail, FirstStep) else None
 
 
+def _nan_source_fix(f: Finding) -> Fix:
+    where = f" (first seen in {label(f.layers[0])})" if f.layers else ""
+    step = _first_step(f)
+    return Fix(FixKind.TRAINING_LOOP,
+               f"Find where the non-finite value came from{where}: the gradients were at their usual size until "
+               f"step {step}, so nothing overflowed — a weight written NaN (a checkpoint, an in-place edit), a bad "
+               f"batch or a log/division by 0 in the loss; stop at the first one",
+               "# after optimizer.step() and after loading weights, on every step until it is found:\n"
+               "for name, p in model.named_parameters():\n"
+               "    if not torch.isfinite(p).all():\n"
+               "        raise RuntimeError(f\"non-finite values in {name}\")")
+
+
 def divergence_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
+    if isinstance(f.detail, FirstStep) and f.detail.sudden:
+        # No growth before the NaN: a smaller learning rate would not have prevented it.
+        return [_nan_source_fix(f), clip_fix(run, th, _first_step(f))]
     return [lr_fix(run, th.fix_lr_backoff, "the usual cause of a loss that blows up"),
             clip_fix(run, th, _first_step(f))]
 

@@ -1,11 +1,13 @@
-"""Optimizer rules: the learning rate judged from update/weight ratios ||Δw||/||w||."""
+"""Optimizer rules: the learning rate judged from update/weight ratios ||Δw||/||w|| and from the per-step
+learning rate the watch records (a spike in the schedule)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from gradscope.judge.confidence import confidence, mean, ratio_margin, support
 from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     LOG,
@@ -43,6 +45,65 @@ class LearningRateDetail:
     target: float | None = None
     factor: float = 1.0
     suggested_lr: float | None = None
+    spike: LrSpike | None = None     # the schedule spiked: the fix edits the schedule, not the base rate
+
+
+@dataclass(frozen=True)
+class LrSpike:
+    """A spike in the recorded per-step learning rate (first param group): the recorded steps ``first``–``last``
+    ran at up to ``peak``, ``factor`` × the ``base`` rate the schedule uses elsewhere (median of the other
+    recorded steps); ``before`` is the last recorded step before it and ``after`` the first one after it, both
+    back at the base. ``count`` spikes of that kind in the run (the first is described)."""
+
+    first: int
+    last: int
+    peak: float
+    base: float
+    factor: float
+    before: int
+    after: int
+    count: int = 1
+
+
+def find_lr_spike(run: Run, th: Thresholds) -> LrSpike | None:
+    """The first spike in the recorded learning rate of the first param group, or None.
+
+    A spike is a run of consecutive recorded steps whose rate is at least ``lr_spike_factor`` × the median rate
+    of the whole run, with a recorded step below that on both sides (the rate came back), covering at most
+    ``lr_spike_max_fraction`` of the recorded steps. A warm-up (nothing lower before it), a step decay (only ever
+    down), a one-cycle or cosine schedule (their peak is a few times their median) and warm restarts (the base
+    itself) are not spikes."""
+    lr = np.array([r[0] if r and r[0] is not None else np.nan for r in run.lr], dtype=float)
+    if lr.size != run.steps.size or lr.size < th.min_recorded_steps:
+        return None
+    ok = np.isfinite(lr) & (lr > 0)
+    if ok.sum() < th.min_recorded_steps:
+        return None
+    med = float(np.median(lr[ok]))
+    with np.errstate(invalid="ignore"):
+        high = ok & (lr >= th.lr_spike_factor * med)
+    spikes: list[tuple[int, int]] = []
+    i = 0
+    while i < lr.size:
+        if not high[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < lr.size and high[j + 1]:
+            j += 1
+        if i > 0 and j + 1 < lr.size and ok[i - 1] and ok[j + 1] and (j - i + 1) <= th.lr_spike_max_fraction * lr.size:
+            spikes.append((i, j))
+        i = j + 1
+    if not spikes:
+        return None
+    i, j = spikes[0]
+    inside = np.zeros(lr.size, dtype=bool)
+    for a, b in spikes:
+        inside[a:b + 1] = True
+    base = float(np.median(lr[ok & ~inside]))
+    peak = float(np.max(lr[i:j + 1]))
+    return LrSpike(first=int(run.steps[i]), last=int(run.steps[j]), peak=peak, base=base, factor=peak / base,
+                   before=int(run.steps[i - 1]), after=int(run.steps[j + 1]), count=len(spikes))
 
 
 def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
@@ -67,15 +128,65 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     and the loss fell by less than ``lr_slow_max_drop`` over the run — a model that keeps improving at this
     pace is held back by its step size, not its capacity (a plateau or real progress does not count).
 
+    A spike in the schedule: the per-step learning rate the watch records (``optimizer=``) is at least
+    ``lr_spike_factor`` × its median on a few consecutive recorded steps (at most ``lr_spike_max_fraction`` of
+    them) and back below that before and after (``find_lr_spike``). The base rate is then judged on the
+    recorded steps before the spike only (the weights the spike threw around say nothing about it); when it is
+    fine there, the finding names the spike — its steps, its peak and its factor over the base — and its fix
+    edits the schedule, not the base rate.
+
     Why it matters: the ratio says how far one step moves the weights relative to their size; ~1e-3 is the
     usual healthy value (Karpathy, CS231n). Adam-like optimizers move each element by ≈ lr whatever the
     gradient's scale, so their ratio is ≈ lr / rms(w) and runs somewhat higher; the band is wider for them.
 
+    Confidence: the Wilson lower bound (``confidence_support_level``) of the fraction of judged steps outside the
+    band, averaged with how far the median ratio is past the band's edge (``ratio_margin``); for weight growth
+    its margin over ``lr_weight_growth``; for slow progress the trend test's 1 − p averaged with the ratio's
+    margin below ``lr_slow_ratio_fraction`` × typical; for a spike its factor's margin over ``lr_spike_factor``
+    — each mapped through ``confidence`` from ``confidence_floor``.
+
     Fixes: a learning rate scaled by target_ratio / observed_ratio (the ratio scales linearly with the
     learning rate for SGD and, to first order, for Adam; for a rate too low the fastest layer's ratio is used,
-    so no layer is pushed past the target), or a learning-rate finder / schedule.
+    so no layer is pushed past the target), or a learning-rate finder / schedule; for a spike, the schedule
+    edited (capped at its base rate) rather than the base rate lowered.
     """
+    spike = find_lr_spike(run, th)
+    if spike is None:
+        return _judge_ratios(run, th, ctx, None)
+    before = run.steps < spike.first
+    base = _judge_ratios(run, th, ctx, before) if before.sum() >= th.min_recorded_steps else []
+    if isinstance(base, list) and base:
+        # The base rate was wrong before the spike too: that finding leads, and says the spike came on top.
+        f = base[0]
+        return [replace(f, message=f.message + f"; on top of it the schedule spiked ×{fmt_num(spike.factor)} on "
+                                               f"{fmt_steps((spike.first, spike.last))}",
+                        evidence={**f.evidence, "lr_spike": _spike_evidence(spike)})]
+    return [_spike_finding(run, th, spike)]
+
+
+def _spike_evidence(s: LrSpike) -> dict[str, object]:
+    return {"first_step": s.first, "last_step": s.last, "peak_lr": s.peak, "base_lr": s.base, "factor": s.factor,
+            "last_step_before": s.before, "first_step_after": s.after, "count": s.count}
+
+
+def _spike_finding(run: Run, th: Thresholds, s: LrSpike) -> Finding:
+    opt = optimizer_name(run) or "optimizer"
+    more = f" ({s.count} such spikes; the first is shown)" if s.count > 1 else ""
+    msg = (f"the learning rate spiked ×{fmt_num(s.factor)} on {fmt_steps((s.first, s.last))}: {fmt_num(s.peak)} "
+           f"instead of the base {fmt_num(s.base)} ({opt}) the schedule uses before (step {s.before}) and after "
+           f"(step {s.after}) it{more} (threshold ×{fmt_num(th.lr_spike_factor)} the run's median rate)")
+    evidence: dict[str, object] = {"direction": "high", "lr": s.base, "lr_spike": _spike_evidence(s),
+                                   "threshold": th.lr_spike_factor, "first_step": s.first}
+    detail = LearningRateDetail(direction="high", factor=1.0 / s.factor, suggested_lr=s.base, spike=s)
+    conf = confidence(ratio_margin(s.factor, th.lr_spike_factor), th.confidence_floor)
+    return Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning-rate spike in the schedule", msg,
+                   steps=(s.first, s.last), evidence=evidence, confidence=conf, detail=detail)
+
+
+def _judge_ratios(run: Run, th: Thresholds, ctx: Context, rows: np.ndarray | None) -> RuleResult:
+    """The update/weight-ratio judgement of ``learning_rate`` on the recorded steps ``rows`` (all when None)."""
     code = Code.LEARNING_RATE
+
     w = weighted_layers(run)
     ur = stat(run, "param", "update_ratio")
     if not w or ur is None:
@@ -86,6 +197,8 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         r[~(r > 0)] = np.nan          # no update this step (accumulation, skipped, lr 0) or missing
     if run.skipped.shape[0] == r.shape[0]:
         r[run.skipped] = np.nan
+    if rows is not None:
+        r[~rows] = np.nan
     # Layers starved by vanishing gradients move slowly whatever the learning rate: that is the vanishing
     # finding's to report, and counting them would suggest a learning rate that blows up the healthy layers.
     starved = {name for f in ctx.findings if f.code is Code.VANISHING_GRADIENTS and f.severity is not Severity.INFO
@@ -104,7 +217,7 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     adaptive = is_adaptive(run)
     high = th.lr_ratio_high_adaptive if adaptive else th.lr_ratio_high
     target = th.lr_target_ratio_adaptive if adaptive else th.lr_target_ratio
-    growth = _weight_growth(run, cols)
+    growth = _weight_growth(run, cols, rows)
     if ratio < th.lr_ratio_low:
         direction, bound = "low", th.lr_ratio_low
         with np.errstate(invalid="ignore"):
@@ -117,11 +230,13 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             bad_layers = [run.layers[w[j][0]].name for j in range(len(w)) if per_layer[j] > high]
     elif growth is not None and growth >= th.lr_weight_growth:
         return [_too_high_by_growth(run, th, growth, ratio, adaptive, target)]
-    elif ratio < th.lr_slow_ratio_fraction * target and (slow := _slow_steady_progress(run, th)) is not None:
+    elif (rows is None and ratio < th.lr_slow_ratio_fraction * target
+          and (slow := _slow_steady_progress(run, th)) is not None):
         return [_too_low_by_progress(run, th, ratio, per_layer, target, adaptive, slow)]
     else:
         return []
-    frac = float(out[ok].sum() / ok.sum())
+    hits, judged_steps = int(out[ok].sum()), int(ok.sum())
+    frac = hits / judged_steps
     if frac < th.persistence:
         if direction == "high" and growth is not None and growth >= th.lr_weight_growth:
             return [_too_high_by_growth(run, th, growth, ratio, adaptive, target)]
@@ -149,7 +264,10 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     detail = LearningRateDetail(direction=direction, ratio=ratio, target=target, factor=factor,
                                 suggested_lr=suggested)
     return [Finding(code, Severity.WARNING, title, msg, layers=tuple(bad_layers), steps=steps, evidence=evidence,
-                    confidence=min(1.0, 0.5 + 0.5 * frac), detail=detail)]
+                    confidence=confidence(mean(support(hits, judged_steps, th.confidence_support_level),
+                                               ratio_margin(ratio, bound) if direction == "high"
+                                               else ratio_margin(1.0 / ratio, 1.0 / bound)),
+                                          th.confidence_floor), detail=detail)]
 
 
 def _slow_steady_progress(run: Run, th: Thresholds) -> dict[str, float] | None:
@@ -197,12 +315,17 @@ def _too_low_by_progress(run: Run, th: Thresholds, ratio: float, per_layer: np.n
                 "loss_trend": slow, "threshold": th.lr_slow_max_drop}
     detail = LearningRateDetail(direction="low", ratio=fastest, target=target, factor=factor, suggested_lr=suggested)
     return Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning rate too low", msg, steps=steps,
-                   evidence=evidence, confidence=0.6, detail=detail)
+                   evidence=evidence, detail=detail,
+                   confidence=confidence(mean(1.0 - slow["p"], ratio_margin(th.lr_slow_ratio_fraction * target,
+                                                                            ratio)), th.confidence_floor))
 
 
-def _weight_growth(run: Run, cols: list[int]) -> float | None:
-    """Median over layers of max_t ||W_t|| / ||W_0|| (layers starting at norm 0 left out)."""
+def _weight_growth(run: Run, cols: list[int], rows: np.ndarray | None = None) -> float | None:
+    """Median over layers of max_t ||W_t|| / ||W_0|| (layers starting at norm 0 left out), over the recorded
+    steps ``rows`` (all when None)."""
     pn = stat(run, "param", "norm")
+    if pn is not None and rows is not None:
+        pn = pn[rows]
     if pn is None or pn.shape[0] < 2:
         return None
     n = pn[:, cols]
@@ -229,13 +352,28 @@ def _too_high_by_growth(run: Run, th: Thresholds, growth: float, ratio: float, a
     detail = LearningRateDetail(direction="high", ratio=ratio, target=target, factor=factor,
                                 suggested_lr=lr * factor if lr is not None else None)
     return Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning rate too high", msg, steps=steps,
-                   evidence=evidence, confidence=0.6, detail=detail)
+                   evidence=evidence, confidence=confidence(ratio_margin(growth, th.lr_weight_growth),
+                                                            th.confidence_floor), detail=detail)
 
 
 # ---------------------------------------------------------------- fixes
 
+def spike_fix(s: LrSpike) -> Fix:
+    """Edit the schedule: the base rate was fine before and after the spike, so cap the rate the scheduler sets
+    at that base (after ``scheduler.step()``) and find what put the spike there."""
+    return Fix(FixKind.LEARNING_RATE,
+               f"Take the ×{sig(s.factor)} spike out of the learning-rate schedule on {fmt_steps((s.first, s.last))} "
+               f"(lr {sig(s.peak)} there, {sig(s.base)} before and after): the base rate is not the problem — find "
+               f"what sets the spike (an lr_lambda, a warm restart, a manual group['lr'] = ...) and fix it, or cap "
+               f"the rate at the base after each scheduler.step()",
+               f"# after scheduler.step(), every step: the schedule's rate, never above its base {sig(s.base)}\n"
+               f"for group in optimizer.param_groups:\n    group[\"lr\"] = min(group[\"lr\"], {sig(s.base)})")
+
+
 def learning_rate_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     d = f.detail if isinstance(f.detail, LearningRateDetail) else LearningRateDetail()
+    if d.spike is not None:
+        return [spike_fix(d.spike)]
     # The ratio scales with the rate: say where this factor takes it (lowering the rate cannot raise it).
     growth = f.evidence.get("weight_growth") if isinstance(f.evidence, dict) else None
     if isinstance(growth, int | float) and growth > 0:
