@@ -102,7 +102,7 @@ HOSTILE_LAYERS = (
 )
 
 ALLOWED_CALL_ROOTS = {"nn", "torch", "model", "optimizer", "next", "list", "isinstance", "setattr", "float",
-                      "super", "self", "Residual", "X_train", "transforms", "parent"}
+                      "super", "self", "Residual", "OnOutput", "X_train", "transforms", "parent", "min"}
 
 
 def _call_root(func: ast.expr) -> str:

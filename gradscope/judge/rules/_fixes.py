@@ -201,9 +201,10 @@ def transformer_block(run: Run, la: LayerInfo) -> str | None:
     if not b:
         return None
     members = [x for x in run.layers if x.name.startswith(b + ".")]
-    if any(x.type == "MultiheadAttention" for x in members):
+    own = [x for x in members if _block_prefix(x.name) == b]     # not those of a block nested inside it
+    if any(x.type == "MultiheadAttention" for x in own):
         return b
-    attention = any(_attention_named(x.name[len(b) + 1:]) for x in members)
+    attention = any(_attention_named(x.name[len(b) + 1:]) for x in own)
     normed = any("norm" in x.type.lower() for x in members)
     return b if attention and normed else None
 
@@ -479,14 +480,14 @@ def transformer_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds
     lines: list[str] = []
     if torch_layers:
         lines += ["# pre-LN: LayerNorm before attention and feed-forward, the residual path stays an identity",
-                  "# (the stack then needs a final norm: nn.TransformerEncoder(..., norm=nn.LayerNorm(d_model)))",
+                  "# (then give nn.TransformerEncoder a final norm: its norm= argument, nn.LayerNorm(d_model))",
                   "for m in model.modules():",
                   "    if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):",
                   "        m.norm_first = True"]
     else:
         lines.append("# keep the blocks pre-LN, as GPT-2 is: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))")
-    lines += [f"# warm the learning rate up over the first {warm} steps (scheduler.step() after each "
-              f"optimizer.step()):",
+    lines += [f"# warm the learning rate up over the first {warm} step{'s' if warm != 1 else ''} (scheduler.step() "
+              f"after each optimizer.step()):",
               "def warmup(step):",
               f"    return min(1.0, (step + 1) / {warm})",
               "",
@@ -749,7 +750,11 @@ def residual_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds) -
                    f"vanilla RNN {list_names([la.name for la in vanilla], th)}: its additive state update is the "
                    f"recurrent form of a skip connection (a residual cannot go around a layer that returns a tuple)",
                    "\n".join(lines))
-    if not plain:
+    if len(plain) < len(las):
+        return None     # a recurrent layer, attention or a transformer block: they have their own remedies
+    head = output_layer(run)
+    inner = [la for la in plain if head is None or la is not run.layers[head]]
+    if not inner:
         return None
     return Fix(FixKind.RESIDUAL, summary + " (where a block's input and output shapes match)",
-               f"# in forward(), around {module_path(plain[0].name)} (the same shape in and out): x = x + block(x)")
+               f"# in forward(), around {module_path(inner[0].name)} (the same shape in and out): x = x + block(x)")

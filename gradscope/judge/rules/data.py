@@ -23,7 +23,15 @@ from gradscope.judge.rules._common import (
     step_range,
     weighted_layers,
 )
-from gradscope.judge.rules._fixes import DEVICE_LINE, REBUILD_OPTIMIZER, layer_info, sig, wrap_lines, wrappable
+from gradscope.judge.rules._fixes import (
+    DEVICE_LINE,
+    REBUILD_OPTIMIZER,
+    layer_info,
+    recurrent,
+    sig,
+    wrap_lines,
+    wrappable,
+)
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import InputStats, LayerInfo
@@ -201,8 +209,11 @@ def unnormalized_input(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
 # ---------------------------------------------------------------- fixes
 
-def _norm_first(first: LayerInfo) -> Fix:
-    """A normalization layer before the model's first layer, sized from that layer's own input attribute."""
+def _norm_first(first: LayerInfo) -> Fix | None:
+    """A normalization layer before the model's first layer, sized from that layer's own input attribute; none
+    before an embedding (its input is token ids) or a recurrent layer (BatchNorm1d would normalize over time)."""
+    if first.type == "Embedding" or recurrent(first) is not None:
+        return None
     dims = first.type.lower()[-2:] if first.type.lower().startswith("conv") else None
     size_attr = "in_channels" if dims in ("1d", "2d", "3d") else "in_features" if first.type == "Linear" else None
     summary = "Or let the model normalize its input: a normalization layer first"
