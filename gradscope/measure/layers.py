@@ -59,6 +59,15 @@ def fans(weight: torch.Tensor | None) -> tuple[int | None, int | None]:
     return int(weight.shape[1]) * receptive, int(weight.shape[0]) * receptive
 
 
+def _stores_transposed(module: nn.Module, weight: torch.Tensor | None) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's ``c_attn``, ``c_proj``, ``c_fc``) is a linear layer whose weight is
+    stored (in, out), the transpose of ``nn.Linear``'s (out, in): its output has ``nf`` features. Recognized by
+    duck typing (transformers is never imported here)."""
+    nf = getattr(module, "nf", None)
+    return (type(module).__name__ == "Conv1D" and weight is not None and weight.dim() == 2
+            and isinstance(nf, int) and int(weight.shape[1]) == nf)
+
+
 def _main_weight(module: nn.Module) -> tuple[str | None, torch.Tensor | None]:
     named = dict(module.named_parameters(recurse=isinstance(module, _ATOMIC)))
     for key in ("weight", "in_proj_weight", "weight_ih_l0"):
@@ -95,6 +104,8 @@ def find_layers(model: nn.Module, flt: LayerFilter = None) -> list[LayerSpec]:
             continue
         wname, w = _main_weight(m)
         fi, fo = fans(w)
+        if _stores_transposed(m, w):
+            fi, fo = fo, fi
         prefix = f"{name}." if name else ""
         pnames = tuple(prefix + n for n, _ in m.named_parameters(recurse=isinstance(m, _ATOMIC)))
         specs.append(LayerSpec(index=len(specs), name=name, module=m,

@@ -49,14 +49,13 @@ def test_a_starved_expert_is_judged_on_the_steps_it_ran(tmp_path: Path) -> None:
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     g = torch.Generator().manual_seed(1)
     steps = 80
-    with gradscope.watch(model, tmp_path, every=1, warmup=0, dead_window=WINDOW, tensorboard=False) as scope:
+    with gradscope.watch(model, tmp_path, every=1, warmup=0, dead_window=WINDOW, tensorboard=False):
         for _ in range(steps):
             x = torch.randn(2, 2, 8, generator=g)
             y = torch.randint(0, 3, (2,), generator=g)
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-    del scope
     assert WINDOW < len(calls) < steps // 2, len(calls)   # starved: it ran on some steps, not on most
 
     run = load(tmp_path, warn=False)[0]

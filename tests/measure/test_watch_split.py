@@ -73,3 +73,19 @@ def test_clock_begin_and_end_forward_are_the_framework_api(tmp_path: Path) -> No
     assert [r.step for r in log.steps] == [0, 1, 2]
     assert all(r.layers[0] is not None and r.grad_norm is not None for r in log.steps)
     assert log.activations == {"0": "tanh"}
+
+
+def test_hugging_face_conv1d_fans_are_read_the_right_way_round(tmp_path: Path) -> None:
+    """GPT-2's ``Conv1D`` stores its weight (in, out): the header must give fan_in = in, as for nn.Linear, or
+    every init judgement of a GPT-2 model compares against the wrong Glorot/He target (issue 11)."""
+    transformers = pytest.importorskip("transformers")
+    from gradscope.store.load import load
+
+    conv = transformers.pytorch_utils.Conv1D(nf=144, nx=48)     # c_attn of a 48-wide GPT-2: 48 → 3 × 48
+    model = nn.Sequential(nn.Linear(8, 48), conv)
+    with gradscope.watch(model, tmp_path, tensorboard=False) as scope:
+        model(torch.randn(4, 8)).sum().backward()
+        scope.log(loss=0.0)
+    layers = {la.name: la for la in load(tmp_path, warn=False)[0].layers}
+    assert (layers["1"].fan_in, layers["1"].fan_out) == (48, 144)
+    assert (layers["0"].fan_in, layers["0"].fan_out) == (8, 48)
