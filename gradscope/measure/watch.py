@@ -451,7 +451,10 @@ class Watch:
             extra={"python": platform.python_version(), "device": str(self._params[0].device) if self._params
                    else "cpu", "update_sample": UPDATE_SAMPLE,
                    "sharded": any(local(p) is not p for p in self._params),
-                   "mode_modules": _mode_modules(model)},
+                   "mode_modules": _mode_modules(model),
+                   # Every step whose gradient norm is NaN/Inf under this scaler was skipped by it, recorded or
+                   # not (a record flags only its own step as ``skipped``): the reader needs to know.
+                   "amp_scaler": self._scaler.active is not None},
         )
 
     def _write_header(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> bool:

@@ -149,6 +149,22 @@ class Run:
         ok = np.isfinite(c) & np.isfinite(g)
         return bool(np.any(c[ok] < g[ok] * (1.0 - CLIP_RTOL)))
 
+    @property
+    def scaler_passed(self) -> bool:
+        """A GradScaler was passed to ``watch(..., scaler=)`` (header ``extra.amp_scaler``; older logs: only
+        when a recorded step was flagged ``skipped``)."""
+        extra = self.header.extra if self.header is not None else {}
+        return extra.get("amp_scaler") is True or bool(self.skipped.size and self.skipped.any())
+
+    def scaler_skipped_steps(self) -> set[int]:
+        """Steps the GradScaler passed to watch skipped: the recorded steps flagged ``skipped`` and, when the
+        header says a scaler was passed, every step whose total gradient norm is NaN/Inf, recorded or not (the
+        scaler skips exactly the steps whose gradients overflowed; a record flags only its own step)."""
+        out = set(self.steps[self.skipped].tolist()) if self.skipped.shape == self.steps.shape else set()
+        if self.header is not None and self.header.extra.get("amp_scaler") is True and self.all_grad_norm.size:
+            out |= set(self.all_steps[~np.isfinite(self.all_grad_norm)].tolist())
+        return out
+
     def layer_index(self, name: str) -> int:
         for i, la in enumerate(self.layers):
             if la.name == name:

@@ -211,3 +211,30 @@ def test_report_says_clipping_is_active(tmp_path: Path) -> None:
         rep = report(tmp_path / name)
         assert (CLIPPING_NOTE in rep.to_markdown()) == (name == "tight")
         assert json.loads(rep.to_json())["run"]["clipping"] == (name == "tight")
+
+
+def test_skips_between_recorded_steps_are_the_scalers_not_divergence(tmp_path: Path) -> None:
+    """A step the scaler skips between two recorded steps leaves a NaN total gradient norm in the record's
+    per-step norms and no ``skipped`` flag (a record flags its own step only): the header says a scaler was
+    passed, so the reader knows that every such step was a skip, and no divergence is reported."""
+    from gradscope.judge.diagnose import diagnose
+
+    # A scale that grows every other step overflows on steps 14, 19, 20, 25 and 26; steps 0, 6, ... are recorded.
+    model, scaler = _mlp(), torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, tmp_path, every=6, warmup=0, tensorboard=False, scaler=scaler,
+                         optimizer=opt) as scope:
+        for x, y in _data(30):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            scope.log(train_loss=loss.item())
+    run = load_run(tmp_path)
+    assert run.header is not None and run.header.extra["amp_scaler"] is True
+    nan_steps = set(run.all_steps[~np.isfinite(run.all_grad_norm)].tolist())
+    assert nan_steps and not run.skipped.any(), "the test needs skips between recorded steps only"
+    codes = {f.code.value for f in diagnose(run).findings}
+    assert "divergence" not in codes

@@ -335,7 +335,7 @@ def first_divergent_step(run: Run) -> int | None:
         # when there are non-finite gradients, the one case it changes).
         if nf_rows.any() and loss_scaling(run, Thresholds()) is not None:
             skipped = nf_rows
-    skipped_steps = set(run.steps[skipped].tolist())
+    skipped_steps = set(run.steps[skipped].tolist()) | run.scaler_skipped_steps()
     cands: list[int] = []
     for rec in run.nonfinite:
         if rec.step in skipped_steps and rec.where != "loss":

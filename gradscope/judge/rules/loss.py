@@ -39,7 +39,7 @@ _MAD_TO_SIGMA = 1.4826   # MAD × 1.4826 estimates the standard deviation of a n
 
 
 def _scaler_active(run: Run) -> bool:
-    return bool(run.skipped.size and run.skipped.any())
+    return run.scaler_passed
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """
     code = Code.DIVERGENCE
     tl = run.metrics.get("train_loss")
-    skipped_steps = set(run.steps[run.skipped].tolist()) if run.skipped.shape == run.steps.shape else set()
+    skipped_steps = run.scaler_skipped_steps()
     # A GradScaler not passed to watch (``loss_scaling``) skips overflowing steps just the same.
     unpassed = (not _scaler_active(run) and (bool(run.nonfinite) or not np.isfinite(run.all_grad_norm).all())
                 and loss_scaling(run, th) is not None)
