@@ -523,7 +523,7 @@ class Thresholds:
     recorded steps with the base rate on both sides, to be a spike in the schedule (``learning_rate``): one
     decade, the step learning rates are searched by (Bengio 2012, as ``fix_lr_backoff``). The schedules people
     mean stay well inside it: a one-cycle policy peaks at a few times its median, cosine and warm restarts at
-    about twice it, a warm-up or a step decay never rise above their base (docs/theory.md); the zoo's ×100
+    about twice it, a warm-up or a step decay never rise above their base (docs/theory.md section 10); the zoo's ×100
     spikes (SGD 0.05 → 5, AdamW 1e-3 → 0.1) wreck the run within the spike, its ×2 bump trains normally."""
 
     lr_spike_max_fraction: float = 0.2
