@@ -25,7 +25,7 @@ from torch.nn import functional as F  # noqa: E402
 import gradscope  # noqa: E402
 from gradscope.judge.diagnose import diagnose  # noqa: E402
 from gradscope.judge.findings import Code, Fix, FixKind  # noqa: E402
-from gradscope.judge.rules._fixes import init_fix  # noqa: E402
+from gradscope.judge.rules._fixes import init_fix, norm_fix  # noqa: E402
 from gradscope.judge.thresholds import Thresholds  # noqa: E402
 from gradscope.store.load import load  # noqa: E402
 from gradscope.store.run import Run  # noqa: E402
@@ -357,3 +357,14 @@ def test_pre_ln_advice_sets_norm_first_on_torch_layers(tmp_path_factory: pytest.
     assert "norm_first = True" in fx.code and "LambdaLR" in fx.code
     m = run_snippet(fx.code, model, x)
     assert all(layer.norm_first for layer in m.encoder.layers)   # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_a_projection_before_the_blocks_norm_gets_transformer_advice(name: str,
+                                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A residual projection is followed by the block's next LayerNorm in the header: still transformer advice
+    (an exploding ``attn.c_proj`` on a real GPT run got no normalization fix at all before)."""
+    _, _, run = _built(name, tmp_path_factory)
+    proj = [la.name for la in run.layers if la.name.endswith(("attn.c_proj", "linear2"))]
+    fx = norm_fix(run, proj, "test", Thresholds())
+    assert fx is not None and "pre-LN" in fx.summary and "Sequential" not in fx.code

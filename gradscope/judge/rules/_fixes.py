@@ -167,7 +167,7 @@ _FUSED_QKV = ("c_attn", "qkv", "in_proj", "qkv_proj", "wqkv", "query_key_value",
 _BLOCK_PARTS = _ATTENTION_PARTS + _FUSED_QKV + ("self_attn", "mlp", "ffn", "feed_forward", "c_fc", "c_proj",
                                                 "linear1", "linear2", "fc1", "fc2", "dense", "up_proj",
                                                 "down_proj", "gate_proj", "proj")
-_RESIDUAL_PROJ = ("c_proj", "out_proj", "o_proj", "linear2", "down_proj", "fc2")
+_RESIDUAL_PROJ = ("c_proj", "out_proj", "o_proj", "linear2", "down_proj", "fc2", "proj")
 """Last name parts of the projections that write into a transformer's residual stream."""
 
 
@@ -327,12 +327,14 @@ def recurrent_init_lines(run: Run, la: LayerInfo) -> list[str]:
     for full in la.params:
         leaf = full[len(prefix):] if full.startswith(prefix) else full
         path = _param_path(full)
-        split = f"{path}.chunk({gates})" if gates > 1 else f"({path},)"
-        if leaf.startswith(("weight_ih", "weight_hr")):
-            lines += [f"for w in {split}:", "    nn.init.xavier_uniform_(w)"]
-        elif leaf.startswith("weight_hh"):
-            lines += [f"for w in {split}:", "    nn.init.orthogonal_(w)   # recurrent map with gain 1"]
-        elif leaf.startswith("bias"):
+        if leaf.startswith("weight_hr"):       # an LSTM's output projection: one matrix, not stacked gates
+            lines.append(f"nn.init.xavier_uniform_({path})")
+        for prefix_, init in (("weight_ih", "nn.init.xavier_uniform_({})"),
+                              ("weight_hh", "nn.init.orthogonal_({})   # recurrent map with gain 1")):
+            if leaf.startswith(prefix_):
+                lines += ([f"for w in {path}.chunk({gates}):", "    " + init.format("w")] if gates > 1
+                          else [init.format(path)])
+        if leaf.startswith("bias"):
             lines.append(f"nn.init.zeros_({path})")
             if gates == 4 and leaf.startswith("bias_ih"):
                 lines.append(f"{path}.chunk(4)[1].fill_(1.0)   # LSTM forget gate (gates i, f, g, o)")
@@ -445,13 +447,14 @@ def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
     layer gets LayerNorm on its output sequence through ``OnOutput`` (its (output, state) tuple is kept); layers
     inside transformer blocks get ``transformer_fix`` instead — the block has LayerNorm already."""
     head = output_layer(run)
-    # Not on a normalization layer, nor on a layer whose output already goes through one.
-    cands = [la for la in named(run, names, th) if "norm" not in la.type.lower() and not _normalized(run, la)]
+    las0 = [la for la in named(run, names, th) if "norm" not in la.type.lower()]
     if _blocks(run):
-        in_block = [la for la in cands if transformer_block(run, la) is not None]
+        in_block = [la for la in las0 if transformer_block(run, la) is not None]
         if in_block:
             return transformer_fix(run, [la.name for la in in_block], th)
-        cands = [la for la in cands if la.type != "Embedding"]     # the blocks normalize what they read
+        las0 = [la for la in las0 if la.type != "Embedding"]     # the blocks normalize what they read
+    # Not on a normalization layer, nor on a layer whose output already goes through one.
+    cands = [la for la in las0 if not _normalized(run, la)]
     if len(cands) > 1:
         cands = [la for la in cands if head is None or la is not run.layers[head]]
     las = [(la, n) for la in cands if (n := norm_layer(run, la)) is not None]
@@ -521,7 +524,7 @@ def init_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
     if rest:
         parts.append(f"{list_names(rest, th)} to match the activation: {why}")
     if rec:
-        parts.append(f"{list_names(rec, th)} as recurrent layers: Glorot input weights, orthogonal recurrent "
+        parts.append(f"{list_names(rec, th)} for recurrence: Glorot input weights, orthogonal recurrent "
                      f"weights per gate, zero biases (LSTM forget gate 1), so the state neither fades nor grows "
                      f"through time")
     if tf:
