@@ -320,3 +320,10 @@ def test_poor_init_symmetric_layer_alone_has_a_confidence_above_the_floor() -> N
     run = healthy_run([L("fc1", 20, 64, init_std=0.0), L("fc2", 64, 64), L("out", 64, 10, None)], n=30)
     f = _one(poor_init(run, TH, Context()))
     assert f.confidence == pytest.approx(confidence(mean(1.0, 0.0, 0.0), TH.confidence_floor))
+
+
+def test_poor_init_with_a_collapsed_last_layer_does_not_divide_by_zero() -> None:
+    run = mis_init(30, 0.005, 0.0064)
+    run.layer_stats["var"][:, -1] = 0.0          # the signal is gone by the head: depth ratio 0
+    f = _one(poor_init(run, TH, Context()))
+    assert f.evidence["early_activation_depth_ratio"] == 0.0 and TH.confidence_floor < f.confidence <= 1.0

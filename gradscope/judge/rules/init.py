@@ -62,6 +62,11 @@ def init_target(la: LayerInfo) -> InitTarget | None:
     return InitTarget("glorot", 2.0 / (la.fan_in + fan_out), nl)
 
 
+def _either_way(ratio: float, factor: float) -> float:
+    """The confidence margin of a ratio that is off by more than ``factor`` either way (1 for a ratio of 0)."""
+    return ratio_margin(max(ratio, 1.0 / ratio), factor) if ratio > 0 else 1.0
+
+
 def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """Poor initialization: initial weight variance far from what the following activation needs — and it shows.
 
@@ -135,7 +140,7 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
             depth_rows = safe_div(std[:, wl[-1]], std[:, wl[0]])
             depth = float(nanmedian(depth_rows))
             if np.isfinite(depth) and (depth > th.signal_depth_factor or depth < 1.0 / th.signal_depth_factor):
-                show_margins.append(ratio_margin(max(depth, 1.0 / depth), th.signal_depth_factor))
+                show_margins.append(_either_way(depth, th.signal_depth_factor))
                 with np.errstate(invalid="ignore"):
                     held |= (depth_rows > th.signal_depth_factor) | (depth_rows < 1.0 / th.signal_depth_factor)
                 shows.append(f"activation std changes {fmt_num(depth)}× from {label(run.layers[wl[0]].name)} to "
@@ -172,7 +177,7 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     init_margin = 1.0 if symmetric else 0.0     # the worst layer's margin past poor_init_factor (confidence)
     if mis and shows:
         for li, q, tgt in mis:
-            init_margin = max(init_margin, ratio_margin(max(q, 1.0 / q), th.poor_init_factor))
+            init_margin = max(init_margin, _either_way(q, th.poor_init_factor))
             la = run.layers[li]
             wp = run.params[pidx[la.weight]] if la.weight in pidx else None
             actual = (wp.init_std or 0.0) ** 2 if wp is not None else float("nan")
