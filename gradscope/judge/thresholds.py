@@ -324,6 +324,15 @@ class Thresholds:
     """A fix's snippet names at most this many layers and its summary says how many more: a longer list is
     unreadable, and the first layers named are the worst (rules list them first)."""
 
+    fix_transformer_init_std: float = 0.02
+    """Standard deviation of the N(0, σ²) weight initialization a fix suggests for a transformer's layers and
+    embeddings: GPT-2's (Radford et al. 2019; nanoGPT's ``_init_weights``); the projections that write into the
+    residual stream get σ/√(2·n_layer)."""
+
+    fix_warmup_fraction: float = 0.05
+    """Share of the run's steps a learning-rate warmup spans when a fix proposes one for a transformer (a
+    linear ramp from 0, as in "Attention is all you need" and GPT-2's recipes; a few percent of training)."""
+
     # ---------------------------------------------------------------- issue 11: legitimate recipes, misses
     input_inside_rms: float = 3.0
     """Largest estimated root-mean-square of what the first Linear/convolution receives at which a model whose

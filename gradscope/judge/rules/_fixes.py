@@ -44,11 +44,6 @@ from gradscope.store.schema import RELU_FAMILY, LayerInfo
 _SEQUENCE_TYPES = ("attention", "transformer", "lstm", "gru", "rnn", "embedding")
 _TUPLE_OUTPUT = ("lstm", "gru", "rnn", "multiheadattention", "attention")   # layers whose forward returns a tuple
 
-GPT2_INIT_STD = 0.02
-"""GPT-2's weight initialization, N(0, 0.02²) (Radford et al. 2019; nanoGPT ``_init_weights``); the projections
-that write into the residual stream are scaled by 1/√(2·n_layer)."""
-WARMUP_FRACTION = 0.05
-"""Share of the run's steps a transformer's learning-rate warmup spans, when a fix proposes one."""
 
 
 def sig(x: float, digits: int = 2) -> str:
@@ -280,13 +275,13 @@ def with_on_output(lines: list[str]) -> list[str]:
 _INIT_NONLINEARITY = {"tanh": "tanh", "sigmoid": "sigmoid"}
 
 
-def init_lines(run: Run, la: LayerInfo, act: str | None = None) -> list[str]:
+def init_lines(run: Run, la: LayerInfo, act: str | None = None, th: Thresholds | None = None) -> list[str]:
     """``nn.init`` calls matching the activation after ``la`` (He, Glorot with gain, LeCun for SELU); a recurrent
     layer's own scheme (``recurrent_init_lines``); GPT-2's in a transformer (``transformer_init_lines``)."""
     if recurrent(la) is not None:
         return recurrent_init_lines(run, la)
     if gpt2_init(run, la):
-        return transformer_init_lines(run, la)
+        return transformer_init_lines(run, la, th or Thresholds())
     w = param_expr(run, la, "weight")
     if w is None or "norm" in la.type.lower() or la.type == "Embedding":
         # a normalization layer's weight is a gain (ones), an embedding's rows are looked up: neither is a
@@ -341,14 +336,14 @@ def recurrent_init_lines(run: Run, la: LayerInfo) -> list[str]:
     return lines
 
 
-def transformer_init_lines(run: Run, la: LayerInfo) -> list[str]:
-    """GPT-2's initialization of a transformer's layer: weights (and embeddings) N(0, ``GPT2_INIT_STD``²), the
-    projections that write into the residual stream (``c_proj``, ``out_proj``, ``linear2``) scaled by
-    1/√(2·n_layer), biases zero; normalization layers keep their ones and zeros."""
+def transformer_init_lines(run: Run, la: LayerInfo, th: Thresholds) -> list[str]:
+    """GPT-2's initialization of a transformer's layer: weights (and embeddings) N(0, σ²) with σ =
+    ``fix_transformer_init_std``, the projections that write into the residual stream (``c_proj``, ``out_proj``,
+    ``linear2``) with σ/√(2·n_layer), biases zero; normalization layers keep their ones and zeros."""
     if "norm" in la.type.lower():
         return []
     n_layer = max(1, len(_blocks(run)))
-    res_std = sig(GPT2_INIT_STD / math.sqrt(2 * n_layer))
+    res_std = sig(th.fix_transformer_init_std / math.sqrt(2 * n_layer))
     lines: list[str] = []
     prefix = f"{la.name}." if la.name else ""
     for full in la.params:
@@ -361,9 +356,9 @@ def transformer_init_lines(run: Run, la: LayerInfo) -> list[str]:
         last = (owner or la.name).split(".")[-1].lower()
         if last in _RESIDUAL_PROJ:
             lines.append(f"nn.init.normal_({path}, std={res_std})   # residual projection: "
-                         f"{sig(GPT2_INIT_STD)}/sqrt(2*{n_layer})")
+                         f"{sig(th.fix_transformer_init_std)}/sqrt(2*{n_layer})")
         else:
-            lines.append(f"nn.init.normal_({path}, std={sig(GPT2_INIT_STD)})")
+            lines.append(f"nn.init.normal_({path}, std={sig(th.fix_transformer_init_std)})")
     return lines
 
 
@@ -471,7 +466,7 @@ def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
 def transformer_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds) -> Fix:
     """What stabilizes a transformer whose blocks already normalize: pre-LN (the norm before attention and
     the MLP, so the residual path stays an identity; ``norm_first=True`` in ``nn.TransformerEncoderLayer``), a
-    learning-rate warmup over ``WARMUP_FRACTION`` of the run, and clipping — not another normalization layer
+    learning-rate warmup over ``fix_warmup_fraction`` of the run, and clipping — not another normalization layer
     after a projection."""
     norms = [la.name for la in run.layers if "norm" in la.type.lower()
              and any(la.name.startswith(b + ".") for b in _blocks(run))]
@@ -479,7 +474,7 @@ def transformer_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds
     where = list_names(list(names), th) if names else "the blocks"
     torch_layers = any(la.type == "MultiheadAttention" for la in run.layers)
     last = int(run.steps.max()) if run.steps.size else 0
-    warm = max(1, round(WARMUP_FRACTION * last)) if last else 100
+    warm = max(1, round(th.fix_warmup_fraction * last))
     lines: list[str] = []
     if torch_layers:
         lines += ["# pre-LN: LayerNorm before attention and feed-forward, the residual path stays an identity",
@@ -511,7 +506,7 @@ def init_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
     lines: list[str] = []
     done: list[LayerInfo] = []
     for la in named(run, names, th):
-        got = init_lines(run, la, act)
+        got = init_lines(run, la, act, th)
         lines += got
         if got:
             done.append(la)
@@ -528,8 +523,8 @@ def init_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
                      f"weights per gate, zero biases (LSTM forget gate 1), so the state neither fades nor grows "
                      f"through time")
     if tf:
-        parts.append(f"{list_names(tf, th)} as GPT-2 does: N(0, {sig(GPT2_INIT_STD)}²), the residual projections "
-                     f"scaled by 1/sqrt(2·n_layer)")
+        parts.append(f"{list_names(tf, th)} as GPT-2 does: N(0, {sig(th.fix_transformer_init_std)}²), the residual "
+                     f"projections scaled by 1/sqrt(2·n_layer)")
     return Fix(FixKind.INIT, "Re-initialize " + "; ".join(parts),
                "with torch.no_grad():\n" + "\n".join("    " + ln if ln else "" for ln in lines))
 
