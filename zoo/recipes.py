@@ -502,6 +502,14 @@ def _recipe_onecycle(logdir: Path) -> None:
     _onecycle(logdir, max_lr=0.1)
 
 
+@case("recipe_healthy_onecycle_cnn_max_lr_0_02", "The same OneCycle recipe (BatchNorm CNN, SGD Nesterov 0.9, "
+      "weight decay 5e-4, 6 epochs) at max_lr 0.02, added after the unseen max_lr-0.1 run turned out unhealthy: "
+      "the healthy one-cycle run of the pair.",
+      arch="CNN (BatchNorm)", optimizer="SGD+momentum", data="digits")
+def _recipe_onecycle_sane(logdir: Path) -> None:
+    _onecycle(logdir, max_lr=0.02)
+
+
 @case("recipe_lr_high_onecycle_cnn_max_lr_20", "The same OneCycle recipe with max_lr 20 (read off the wrong "
       "end of an LR-finder plot). Written as a divergence; relabelled after its first calibration run: BatchNorm "
       "keeps it finite (no NaN) while the weights grow 1.7e4× and the run sits at chance (train error 90%), so "
