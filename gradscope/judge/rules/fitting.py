@@ -350,6 +350,9 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     level and 1 − gap / ``underfit_gap`` (0 without a validation loss).
 
     Fixes: a bigger or deeper model; training longer; a better-tuned learning rate; less regularization.
+    Widths are counted in units: channels of a convolution, ``hidden_size`` of a recurrent layer (not its
+    3×/4× gate rows), ``d_model`` or the feed-forward width of a transformer (never a fused qkv projection,
+    whose width is tied to the number of heads).
     """
     code = Code.UNDERFITTING
     tr, va = error_series(run, "train"), error_series(run, "val")

@@ -138,7 +138,11 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     ``confidence`` from ``confidence_floor``.
 
     Fixes: ReLU-family activations instead of sigmoid/tanh in hidden layers; He/Glorot initialization matched
-    to the activation; normalization layers (BatchNorm/LayerNorm); residual connections.
+    to the activation; normalization layers (BatchNorm/LayerNorm); residual connections. Per layer kind: a
+    recurrent layer gets Glorot input weights and orthogonal recurrent weights by parameter name (LSTM forget
+    bias 1), a LayerNorm on its output that keeps its tuple, and a vanilla RNN a GRU — never a residual around
+    a module that returns a tuple; a transformer block gets GPT-2 init (std 0.02, residual projections scaled
+    by 1/sqrt(2·n_layer)), pre-LN, warm-up and clipping instead of another norm layer.
     """
     code = Code.VANISHING_GRADIENTS
     ok_steps = _valid_steps(run) & finite_rows(run)
@@ -405,7 +409,8 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     below ``exploding_growth`` the gradient stayed before turning NaN).
 
     Fixes: gradient clipping at a norm taken from the healthy early steps; a lower learning rate;
-    normalization layers; initialization matched to the activation.
+    normalization layers; initialization matched to the activation (recurrent layers: orthogonal recurrent
+    weights by parameter name; transformer blocks: GPT-2 init, pre-LN and warm-up, no extra norm layer).
     """
     code = Code.EXPLODING_GRADIENTS
     valid = _valid_steps(run)
