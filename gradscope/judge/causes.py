@@ -28,7 +28,7 @@ from gradscope.judge.findings import Code, Finding, Fix, FixKind, Severity
 from gradscope.judge.rules._common import early_count, finite_series, nanmedian, safe_div, stat, tail_slice
 from gradscope.judge.rules.gradients import ExplodingDetail
 from gradscope.judge.rules.loss import FirstStep
-from gradscope.judge.rules.optim import LearningRateDetail, LrSpike, spike_fix
+from gradscope.judge.rules.optim import LearningRateDetail, LrInitStep, LrSpike, LrStepUp, spike_fix, step_up_fix
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -109,26 +109,62 @@ def _spike(f: Finding) -> LrSpike | None:
     return f.detail.spike if isinstance(f.detail, LearningRateDetail) else None
 
 
+def _step_up(f: Finding) -> LrStepUp | None:
+    return f.detail.step_up if isinstance(f.detail, LearningRateDetail) else None
+
+
+def _init_step(f: Finding) -> LrInitStep | None:
+    return f.detail.init_step if isinstance(f.detail, LearningRateDetail) else None
+
+
+def _schedule_change(f: Finding) -> tuple[int, int, int] | None:
+    """(last recorded step before, first step of, last step of) the spike or lasting step up the learning_rate
+    finding names, or None."""
+    s, u = _spike(f), _step_up(f)
+    if s is not None:
+        return s.before, s.first, s.last
+    if u is not None:
+        return u.before, u.step, u.last
+    return None
+
+
 def _after_spike(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
-    """The learning rate spiked in the recorded schedule, and the consequence began after the last recorded step
-    at the base rate before the spike: the run was fine at that rate, then the spike's steps threw it off."""
-    s, first = _spike(c), _first_step(e)
-    return s is not None and first is not None and first > s.before
+    """The learning rate spiked (or stepped up for good) in the recorded schedule, and the consequence began after
+    the last recorded step at the rate before it: the run was fine at that rate, then the higher rate threw it
+    off."""
+    ch, first = _schedule_change(c), _first_step(e)
+    return ch is not None and first is not None and first > ch[0]
 
 
 def _spike_undid_progress(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
-    """The spike undid the training: the logged training or validation loss just before the spike (median of its
-    last ``early_min_steps`` values before it) was lower than at the end of the run (median of the last
+    """The spike (or step up) undid the training: the logged training or validation loss just before it (median
+    of its last ``early_min_steps`` values before it) was lower than at the end of the run (median of the last
     ``tail_fraction`` of the values after it)."""
-    s = _spike(c)
-    if s is None:
+    ch = _schedule_change(c)
+    if ch is None:
         return False
+    _, first, last = ch
     for key in ("train_loss", "val_loss"):
         st, v = finite_series(run.metrics.get(key))
-        pre, post = v[st < s.first][-th.early_min_steps:], v[st > s.last]
+        pre, post = v[st < first][-th.early_min_steps:], v[st > (last if _spike(c) is not None else first - 1)]
         if pre.size and post.size and float(np.median(pre)) < float(np.median(post[tail_slice(post.size, th)])):
             return True
     return False
+
+
+def _at_peak_of_large_steps(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The learning rate was judged too high because an Adam-like optimizer's steps are large against the
+    weights' initial scale, and the consequence began once the rate had reached its peak (after any warm-up):
+    Adam's step is set by the learning rate, not by the gradient's scale, so the large steps came first."""
+    init, first = _init_step(c), _first_step(e)
+    return init is not None and first is not None and first >= init.peak_step
+
+
+def _underfit_from_large_steps(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The learning-rate finding took the underfitting as its evidence: Adam-like steps large against the
+    weights' scale keep rewriting them, so the model never settles into a fit."""
+    init = _init_step(c)
+    return init is not None and Code.UNDERFITTING in init.damage
 
 
 def _nonfinite_before_end(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
@@ -160,16 +196,23 @@ LINKS: tuple[Link, ...] = (
          and _alive_early_then_dead(c, e, r, t),
          "a large update pushes a unit's pre-activation negative for every input, where it gets no gradient"),
     Link(Code.LEARNING_RATE, Code.UNDERFITTING, _lr("low"), "steps too small to fit in the time trained"),
-    # A spike in the recorded schedule gives the order in time the general case lacks: the run was fine at the
-    # base rate, and what broke began with the spike.
+    # A spike or a lasting step up in the recorded schedule gives the order in time the general case lacks: the
+    # run was fine at the base rate, and what broke began with the higher rate.
     Link(Code.LEARNING_RATE, Code.EXPLODING_GRADIENTS, _after_spike,
-         "a few steps at many times the base rate throw the weights out of range, and the gradients with them"),
+         "steps at many times the base rate throw the weights out of range, and the gradients with them"),
     Link(Code.LEARNING_RATE, Code.VANISHING_GRADIENTS, _after_spike,
-         "the spike's large updates kill or saturate units, and no gradient passes them afterwards"),
+         "the large updates at the higher rate kill or saturate units, and no gradient passes them afterwards"),
     Link(Code.LEARNING_RATE, Code.SATURATION, _after_spike,
-         "the spike's large updates push pre-activations into the flat tails"),
+         "the large updates at the higher rate push pre-activations into the flat tails"),
     Link(Code.LEARNING_RATE, Code.UNDERFITTING, _spike_undid_progress,
-         "the spike threw away the progress made before it: the loss ends above where it was before the spike"),
+         "the higher rate threw away the progress made before it: the loss ends above where it was before"),
+    # Adam-like steps set by a learning rate large against the weights' initial scale: the step size is the
+    # optimizer's setting, not a reading of the gradients, so it comes first (unlike the general case above).
+    Link(Code.LEARNING_RATE, Code.EXPLODING_GRADIENTS, _at_peak_of_large_steps,
+         "steps many times the typical size against the weights' scale throw them, and the activations and "
+         "gradients with them, out of range"),
+    Link(Code.LEARNING_RATE, Code.UNDERFITTING, _underfit_from_large_steps,
+         "steps that large keep rewriting the weights, so the model never settles into a fit"),
     Link(Code.DIVERGENCE, Code.UNDERFITTING, _nonfinite_before_end,
          "a model whose weights turned NaN predicts one class whatever the input", artefact=True),
     Link(Code.EXPLODING_GRADIENTS, Code.DIVERGENCE, _before,
@@ -210,15 +253,15 @@ _BACKS_OFF = (Code.DIVERGENCE, Code.EXPLODING_GRADIENTS, Code.DEAD_RELU, Code.SA
 def _one_learning_rate(findings: list[Finding]) -> list[Finding]:
     """When the learning rate is judged too high, every finding that also says "lower the learning rate" gives
     the learning_rate finding's value (derived from the measured update/weight ratios) instead of its own rule
-    of thumb: a report never asks for two different learning rates. When the schedule spiked, that is the
-    schedule fix (the base rate was fine): no finding asks to lower the base rate."""
+    of thumb: a report never asks for two different learning rates. When the schedule spiked or stepped up for
+    good, that is the schedule fix (the base rate was fine): no finding asks to lower the base rate."""
     source = next((f for f in findings if f.code is Code.LEARNING_RATE and _loud(f) and _direction(f) == "high"
                    and f.fixes and f.fixes[0].kind is FixKind.LEARNING_RATE and f.fixes[0].code), None)
     if source is None:
         return findings
     lr = source.fixes[0]
-    spike = _spike(source)
-    same = (spike_fix(spike) if spike is not None else
+    spike, up = _spike(source), _step_up(source)
+    same = (spike_fix(spike) if spike is not None else step_up_fix(up) if up is not None else
             Fix(FixKind.LEARNING_RATE, f"{lr.summary} (the value the learning_rate finding derives from the "
                                        f"update/weight ratios)", lr.code))
     return [replace(f, fixes=tuple(same if fx.kind is FixKind.LEARNING_RATE else fx for fx in f.fixes))
