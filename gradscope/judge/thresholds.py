@@ -540,6 +540,17 @@ class Thresholds:
     otherwise at its base; a rate that stays high for longer is the schedule's base itself (judged from the
     update/weight ratios), and the median it is compared with must come from the steps outside it."""
 
+    # ---------------------------------------------------------------- issue 11: learning-rate schedules
+    lr_init_step_adaptive: float = 0.1
+    """Peak learning rate of an Adam-like optimizer, as a multiple of the weights' initial scale (median over
+    weighted layers of lr / initial std), from which ``learning_rate`` calls the rate too high when the run also
+    shows damage (it underfits, units died, gradients exploded, it diverged). Adam moves each weight by about lr
+    per step whatever the gradient's scale (its step is bounded by the step size: Kingma & Ba 2015, section 2.1),
+    so lr / std is the update/weight ratio of the first steps: 10× the typical ``lr_target_ratio_adaptive``, one
+    decade (as ``lr_spike_factor``). Not enough alone: the zoo's healthy char-GPT (nanoGPT's init std 0.02, lr
+    3e-3 after a warm-up) reaches 0.22 and its healthy LSTM 0.1, while the ViT at a constant 3e-2 with no warm-up
+    (0.29) and the bf16 MLP at a peak of 0.1 (2.0) damage their runs (gradscope zoo measurements)."""
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
