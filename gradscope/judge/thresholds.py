@@ -213,6 +213,16 @@ class Thresholds:
     PyTorch's default 1/(3·fan_in) is 6× below He and
     stays inside the band on purpose: it trains fine on shallow nets."""
 
+    init_loss_chance_factor: float = 2.0
+    """A classifier's (or language model's) earliest logged training loss at or above this many times the
+    chance-level cross-entropy log(C) shows a mis-scaled init (counted only with a layer past
+    ``poor_init_factor``). A well-initialized classifier starts at ≈ log(C) (Karpathy, "A Recipe for Training
+    Neural Networks", 2019: "verify loss @ init"). Logits of std σ give ≈ log(C) + σ²/2, so 2·log(C) needs
+    σ ≈ √(2·log C) — the top of C logits then ≈ 2·log(C) above a typical one, the true class given on average
+    (geometric mean) 1/C², C times less than a uniform guess: confidently wrong from the first step. Logits of
+    unit std (a reasonable head) start at ≈ log(C) + ½. The same factor as ``classifier_start_band``, beyond
+    which a start is not "near chance"."""
+
     # ---------------------------------------------------------------- input
     input_mean_std_ratio: float = 3.0
     """|mean| / std of the input above which it is far from centred. Images scaled to [0, 1] give ≈ 0.4–2 and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,13 @@ from gradscope.judge.rules._common import (
     RuleResult,
     early_count,
     finite_rows,
+    finite_series,
+    first_divergent_step,
     fmt_num,
+    fmt_steps,
+    head_outputs,
+    is_classifier,
+    is_weighted,
     label,
     nanmedian,
     output_layer,
@@ -26,6 +33,7 @@ from gradscope.judge.rules._common import (
     weighted_layers,
 )
 from gradscope.judge.rules._fixes import init_lines, list_names, named, norm_fix
+from gradscope.judge.rules.fitting import chance_loss
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import RELU_FAMILY, SATURATING_ACTIVATIONS, LayerInfo
@@ -60,6 +68,70 @@ def init_target(la: LayerInfo) -> InitTarget | None:
     fan_out = la.fan_out if la.fan_out and la.fan_out > 0 else la.fan_in
     nl = act if act in ("tanh", "sigmoid") else "linear"
     return InitTarget("glorot", 2.0 / (la.fan_in + fan_out), nl)
+
+
+@dataclass(frozen=True)
+class StartLoss:
+    """The earliest training loss against the chance level: ``value`` is the median of ``n`` values logged over
+    ``steps``, ``hits`` of them at or above ``init_loss_chance_factor`` × ``chance`` = log(``classes``)."""
+
+    value: float
+    chance: float
+    classes: int
+    steps: tuple[int, int]
+    n: int
+    hits: int
+    per: str             # "step" (several values in the early window) or "log" (one value: a per-epoch mean)
+
+
+def _head_classes(run: Run) -> int | None:
+    """C, the output width of the model's head: the last weighted layer in forward order when it is a Linear,
+    its weight its own or tied. A language model's head often shares the token embedding's weight, which the
+    header lists once (under the embedding), so ``head_outputs`` — which needs the head's own weight — misses it."""
+    last = [la for la in run.layers if is_weighted(la)]
+    if not last or last[-1].type.lower() != "linear" or not last[-1].fan_out:
+        return None
+    return int(last[-1].fan_out)
+
+
+def _chance_at_init(run: Run, th: Thresholds) -> tuple[float, int] | None:
+    """(log C, C) when the run is known to be a classifier over C ≥ 2 classes: the chance level ``fitting`` uses
+    (an accuracy logged, or a start near log C), or a language model — a head whose C outputs match the
+    vocabulary of an embedding the model reads (tokens in, a distribution over the same tokens out: cross-entropy
+    over the vocabulary). Anything else (a regressor, a VAE decoder) has no chance level: None."""
+    chance, c = chance_loss(run, th), head_outputs(run)
+    if chance is not None and c is not None:
+        return chance, c
+    c = _head_classes(run)
+    if c is None or c < 2:
+        return None
+    lm = any("embedding" in la.type.lower() and la.fan_out == c for la in run.layers)
+    if lm or is_classifier(run, th):
+        return math.log(c), c
+    return None
+
+
+def start_loss(run: Run, th: Thresholds) -> StartLoss | None:
+    """The earliest logged training loss of a classifier or language model, with its chance level, or None.
+
+    The first ``early_min_steps`` values logged within the early window (``early_count`` of the run's steps,
+    counted from the first logged one); a run that logs once per epoch has only its first epoch's mean there,
+    which already includes the epoch's progress (it can only understate the loss at init). None without a
+    chance level, without a finite training loss, or when the run diverged by then (the loss is the blow-up's)."""
+    ch = _chance_at_init(run, th)
+    st, v = finite_series(run.metrics.get("train_loss"))
+    if ch is None or v.size == 0:
+        return None
+    n_steps = max(int(run.n_steps), int(st[-1]) + 1)
+    first = st <= st[0] + early_count(n_steps, th) - 1
+    k = min(int(first.sum()), th.early_min_steps)
+    st, v = st[:k], v[:k]
+    div = first_divergent_step(run)
+    if div is not None and div <= int(st[-1]):
+        return None
+    chance, c = ch
+    return StartLoss(value=float(np.median(v)), chance=chance, classes=c, steps=(int(st[0]), int(st[-1])), n=k,
+                     hits=int((v >= th.init_loss_chance_factor * chance).sum()), per="step" if k > 1 else "log")
 
 
 def _either_way(ratio: float, factor: float) -> float:
@@ -171,6 +243,19 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                 show_margins.append(fraction_margin(dm, th.saturation_dmean, 0.0))
                 with np.errstate(invalid="ignore"):
                     held |= dm_rows < th.saturation_dmean
+    loss_support = 0.0
+    sl = start_loss(run, th) if mis else None
+    if sl is not None and sl.value >= th.init_loss_chance_factor * sl.chance:
+        ratio = sl.value / sl.chance
+        where = (f"median of the first {sl.n} logged values, {fmt_steps(sl.steps)}" if sl.per == "step"
+                 else f"the first logged value, step {sl.steps[0]}")
+        shows.append(f"the training loss starts at {fmt_num(sl.value)} ({where}): {fmt_num(ratio)}× the "
+                     f"chance-level loss log({sl.classes}) = {fmt_num(sl.chance)} where a well-initialized model "
+                     f"starts (threshold {fmt_num(th.init_loss_chance_factor)}×)")
+        show_margins.append(ratio_margin(ratio, th.init_loss_chance_factor))
+        loss_support = support(sl.hits, sl.n, th.confidence_support_level)
+        evidence.update(start_loss=sl.value, start_loss_steps=sl.steps, chance_loss=sl.chance,
+                        classes=sl.classes, start_loss_ratio=ratio)
     parts: list[str] = []
     layers: list[str] = []
     per_layer: dict[str, dict[str, object]] = {}
@@ -209,8 +294,9 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     return [Finding(code, Severity.WARNING, "Poor weight initialization", msg, layers=tuple(layers),
                     steps=early_steps, evidence=evidence, detail=detail,
                     confidence=confidence(mean(init_margin, agree(*show_margins),
-                                               support(int(held.sum()), held.size, th.confidence_support_level)
-                                               if shows else 0.0), th.confidence_floor))]
+                                               max(support(int(held.sum()), held.size, th.confidence_support_level),
+                                                   loss_support)),
+                                          th.confidence_floor))]
 
 
 # ---------------------------------------------------------------- fixes
