@@ -150,7 +150,11 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     LeCun 1/fan_in (SELU), *and* the early statistics show it: the activation std changes by ``signal_depth_factor``
     from the first to the last weighted layer on the early steps, or a mis-scaled layer followed by a
     saturating activation has ``saturation_fraction`` of its units saturated, or a mean normalized derivative
-    below ``saturation_dmean``, on the early steps. Only what the init measurably does counts: other findings
+    below ``saturation_dmean``, on the early steps, or — for a classifier or language model over C classes — the
+    earliest logged training loss (``start_loss``) is ``init_loss_chance_factor`` × the chance level log(C) or
+    more, where a well-initialized model starts at ≈ log(C) (the loss alone, without a mis-scaled layer, is never
+    a finding: normalization in front of every layer hides the depth signal, and GELU/softmax the saturation,
+    but not the loss). Only what the init measurably does counts: other findings
     found in the same run do not. A hidden layer initialized to all-equal weights (std 0) never breaks symmetry
     and is flagged on that alone. PyTorch's default 1/(3·fan_in) lies within the factor on purpose and never
     triggers on its own.
@@ -165,8 +169,10 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     1 − ``poor_init_factor`` / (its variance ratio, either way; 1 for an all-equal layer); what shows, its
     signals taken as agreeing, 1 − Π(1 − mᵢ), with margins 1 − ``signal_depth_factor`` / (the depth change,
     either way), (fraction − ``saturation_fraction``) / (1 − ``saturation_fraction``) and (``saturation_dmean``
-    − derivative) / ``saturation_dmean``; and the support, the Wilson lower bound (``confidence_support_level``)
-    of the share of early steps on which one of them held (both 0 when nothing shows).
+    − derivative) / ``saturation_dmean``, and 1 − ``init_loss_chance_factor`` / (starting loss / log C); and the
+    support, the Wilson lower bound (``confidence_support_level``) of the share of early steps on which one of
+    the recorded signals held, or of the early loss values at or above the factor, whichever is larger (both 0
+    when nothing shows).
     """
     code = Code.POOR_INIT
     pidx = param_index(run)
