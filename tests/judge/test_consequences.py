@@ -4,6 +4,8 @@ and each finding's confidence grows with its evidence. Hand-written traces (test
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from gradscope.judge.diagnose import diagnose
@@ -222,3 +224,42 @@ def test_confidence_follows_the_evidence() -> None:
     for r in (weak, strong, deep, stays, back):
         for f in diagnose(r).findings:
             assert 0.0 <= f.confidence <= 1.0
+
+
+def test_gradients_huge_from_the_first_step_then_nan_are_an_explosion(tmp_path: Path) -> None:
+    """A deep ReLU stack initialized with std 1.0 blows up on its first backward pass (gradient norm thousands
+    of times the weight norm) and overflows on the next: there was no usual level to grow from, so the NaN is
+    the explosion's — exploding_gradients fires, and the divergence does not claim a NaN got in."""
+    import torch
+    from torch import nn
+
+    import gradscope
+    from gradscope.store.load import load_run
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(8):
+        layers += [nn.Linear(32 if i else 2, 32), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(32, 2))
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt) as scope:
+        for _ in range(12):
+            x, y = torch.randn(64, 2, generator=g), torch.randint(0, 2, (64,), generator=g)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            scope.log(train_loss=float(loss))
+    run = load_run(tmp_path)
+    first_nan = int(run.all_steps[~np.isfinite(run.all_grad_norm)].min())
+    assert first_nan <= 3
+    findings = diagnose(run).findings
+    exploding = [f for f in findings if f.code is Code.EXPLODING_GRADIENTS and f.severity is not Severity.INFO]
+    assert exploding and "already" in exploding[0].message
+    div = [f for f in findings if f.code is Code.DIVERGENCE]
+    assert div and not any(fx.kind is FixKind.TRAINING_LOOP for fx in div[0].fixes)
+    assert not div[0].detail.sudden   # type: ignore[union-attr]

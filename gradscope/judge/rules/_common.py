@@ -462,3 +462,30 @@ def loss_scaling(run: Run, th: Thresholds) -> LossScaling | None:
                            f"(the steps were skipped, as a GradScaler does), and the finite gradients are "
                            f"{fmt_num(float(np.median(fin)))}× the weights")
     return None
+
+
+def total_weight_norm(run: Run) -> np.ndarray | None:
+    """(S,) the total weight norm on each recorded step (NaN where not positive or unknown); None without
+    ``norm`` records."""
+    pn = stat(run, "param", "norm")
+    if pn is None:
+        return None
+    with np.errstate(invalid="ignore"):
+        sq = np.nansum(pn ** 2, axis=1)
+    out = np.sqrt(sq)
+    out[~(out > 0)] = np.nan
+    return out
+
+
+def grad_to_weight_before(run: Run, first_bad: int) -> float | None:
+    """The largest finite total gradient norm over the total weight norm on the recorded steps before
+    ``first_bad``; None when there is none. Gradients already ``exploding_relative_grad``× the weights before
+    turning NaN/Inf exploded from the start (a deep stack initialized far too wide blows up on its first
+    backward pass and overflows on the next): there was no "usual level" to grow from, so the NaN is the
+    explosion's, not a non-finite value that got in."""
+    wn = total_weight_norm(run)
+    if wn is None or not run.grad_norm.size:
+        return None
+    rel = safe_div(run.grad_norm, wn)
+    keep = np.isfinite(rel) & (run.steps < first_bad)
+    return float(np.max(rel[keep])) if keep.any() else None

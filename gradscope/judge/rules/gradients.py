@@ -28,6 +28,7 @@ from gradscope.judge.rules._common import (
     finite_rows,
     fmt_num,
     fmt_steps,
+    grad_to_weight_before,
     is_classifier,
     label,
     loss_scaling,
@@ -37,6 +38,7 @@ from gradscope.judge.rules._common import (
     safe_div,
     stat,
     step_range,
+    total_weight_norm,
     weighted_layers,
 )
 from gradscope.judge.rules._fixes import (
@@ -263,17 +265,6 @@ def vanishing_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                     detail=VanishingDetail(activations=tuple(sorted(acts))))]
 
 
-def _total_weight_norm(run: Run) -> np.ndarray | None:
-    pn = stat(run, "param", "norm")
-    if pn is None:
-        return None
-    with np.errstate(invalid="ignore"):
-        sq = np.nansum(pn ** 2, axis=1)
-    out = np.sqrt(sq)
-    out[~(out > 0)] = np.nan
-    return out
-
-
 def _growth(values: np.ndarray, th: Thresholds) -> tuple[float, np.ndarray, float] | None:
     """Early median, boolean mask of later values above growth×early (NaN → False), fraction of later ones."""
     n = values.shape[0]
@@ -368,8 +359,9 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
     Detected when any of these holds:
     non-finite parameter gradients on a step the optimizer did not skip, after the total gradient norm grew
-    ``exploding_growth``× its early level (NaN gradients straight from the usual level come from a NaN weight,
-    input or loss: that is ``divergence``, and an info note says so);
+    ``exploding_growth``× its early level or while it was already ``exploding_relative_grad``× the total
+    weight norm (NaN gradients straight from the usual level come from a NaN weight, input or loss: that is
+    ``divergence``, and an info note says so);
     the first layer's relative gradient exceeds ``exploding_ratio`` × the last layer's on ``persistence`` of
     the steps (depth ratio, the mirror of vanishing);
     the total gradient norm grows above ``exploding_growth`` × its early level (``early_reference``: the lowest
@@ -447,7 +439,19 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         first = min(nf_steps)
         gs, gv = (run.all_steps, run.all_grad_norm) if run.all_grad_norm.size else (run.steps, run.grad_norm)
         grew = _growth_before(gv, gs, first, th)
-        if grew is None or grew < th.exploding_growth:
+        huge = grad_to_weight_before(run, first)
+        if huge is not None and huge > th.exploding_relative_grad and (grew is None or grew < th.exploding_growth):
+            severity = Severity.ERROR
+            reasons.append(f"non-finite gradients from step {first}" + (f" (first in {nf_layer})" if nf_layer else "")
+                           + f" after the total gradient norm was already {fmt_num(huge)}× the total weight norm "
+                           f"(threshold {fmt_num(th.exploding_relative_grad)}×)")
+            evidence["nonfinite_first_step"] = first
+            evidence["grad_to_weight_before_nonfinite"] = huge
+            flagged_steps += nf_steps
+            if nf_layer:
+                layers.append(nf_layer)
+            strengths.append(ratio_margin(huge, th.exploding_relative_grad))
+        elif grew is None or grew < th.exploding_growth:
             # NaN gradients from a NaN weight (or input, or loss) are the divergence's, not an explosion.
             rose = f" (at most {fmt_num(grew)}× its early level)" if grew is not None else ""
             stood_down.append(f"non-finite gradients from step {first}: the gradient norm did not grow before them"
@@ -581,7 +585,7 @@ def exploding_gradients(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                     strengths.append(mean(support(hits_n, of_n, level), ratio_margin(med, th.signal_depth_factor)))
 
     # 6. Gradient huge relative to the weights, from the start.
-    wn = _total_weight_norm(run)
+    wn = total_weight_norm(run)
     if wn is not None and scaled is not None and not scaled.known:
         stood_down.append("the gradient magnitude tests (the loss scale is unknown)")
         note_strengths.append(0.0)

@@ -23,6 +23,7 @@ from gradscope.judge.rules._common import (
     finite_series,
     fmt_num,
     fmt_steps,
+    grad_to_weight_before,
     head_outputs,
     is_classifier,
     label,
@@ -191,11 +192,15 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 def _sudden(run: Run, first: int, th: Thresholds) -> bool:
     """The per-step gradient norm stayed below ``exploding_growth``× its early level (``early_reference``) up to
     step ``first``, where the numbers turned NaN/Inf: no overflow built up, a non-finite value got in (a weight
-    written NaN, a bad batch, a log of 0 in the loss). False when there is nothing before it to tell."""
+    written NaN, a bad batch, a log of 0 in the loss). False when there is nothing before it to tell, or when
+    the gradients were already ``exploding_relative_grad``× the weights (``grad_to_weight_before``)."""
     gs, gv = (run.all_steps, run.all_grad_norm) if run.all_grad_norm.size else (run.steps, run.grad_norm)
     before = gv[(gs < first) & np.isfinite(gv)]
     if before.size < th.early_min_steps:
         return False
+    huge = grad_to_weight_before(run, first)
+    if huge is not None and huge > th.exploding_relative_grad:
+        return False   # huge from the start: the explosion's overflow (``exploding_gradients``), nothing got in
     early = early_reference(before, th)
     return bool(math.isfinite(early) and early > 0 and float(np.max(before)) < th.exploding_growth * early)
 
