@@ -25,10 +25,12 @@ from gradscope.judge.rules._common import (
     fmt_steps,
     grad_to_weight_before,
     head_outputs,
+    is_adaptive,
     is_classifier,
     label,
     loss_scaling,
     nanmedian,
+    stat,
     step_range,
     tail_slice,
 )
@@ -193,7 +195,10 @@ def _sudden(run: Run, first: int, th: Thresholds) -> bool:
     """The per-step gradient norm stayed below ``exploding_growth``× its early level (``early_reference``) up to
     step ``first``, where the numbers turned NaN/Inf: no overflow built up, a non-finite value got in (a weight
     written NaN, a bad batch, a log of 0 in the loss). False when there is nothing before it to tell, or when
-    the gradients were already ``exploding_relative_grad``× the weights (``grad_to_weight_before``)."""
+    the gradients were already ``exploding_relative_grad``× the weights (``grad_to_weight_before``), or the
+    updates before it were above the learning-rate band (median update/weight ratio over ``lr_ratio_high``,
+    ``lr_ratio_high_adaptive`` for Adam-like optimizers): weights thrown that far overflow the forward pass
+    without the gradient growing first."""
     gs, gv = (run.all_steps, run.all_grad_norm) if run.all_grad_norm.size else (run.steps, run.grad_norm)
     before = gv[(gs < first) & np.isfinite(gv)]
     if before.size < th.early_min_steps:
@@ -201,6 +206,13 @@ def _sudden(run: Run, first: int, th: Thresholds) -> bool:
     huge = grad_to_weight_before(run, first)
     if huge is not None and huge > th.exploding_relative_grad:
         return False   # huge from the start: the explosion's overflow (``exploding_gradients``), nothing got in
+    ur = stat(run, "param", "update_ratio")
+    if ur is not None:
+        prior = ur[run.steps < first]
+        prior = prior[np.isfinite(prior)]
+        high = th.lr_ratio_high_adaptive if is_adaptive(run) else th.lr_ratio_high
+        if prior.size and float(np.median(prior)) > high:
+            return False   # the updates were out of band: the weights were thrown into the overflow
     early = early_reference(before, th)
     return bool(math.isfinite(early) and early > 0 and float(np.max(before)) < th.exploding_growth * early)
 
