@@ -436,19 +436,19 @@ def _judge_ratios(run: Run, th: Thresholds, ctx: Context, rows: np.ndarray | Non
             out = per_step > high
             bad_layers = [run.layers[w[j][0]].name for j in range(len(w)) if per_layer[j] > high]
     elif growth is not None and growth >= th.lr_weight_growth:
-        return [_too_high_by_growth(run, th, growth, ratio, adaptive, target, lr)]
+        return [_too_high_by_growth(run, th, growth, ratio, adaptive, target, lr, varied)]
     elif (f_init := by_init_step()) is not None:
         return [f_init]
     elif (rows is None and ratio < th.lr_slow_ratio_fraction * target
           and (slow := _slow_steady_progress(run, th)) is not None):
-        return [_too_low_by_progress(run, th, ratio, per_layer, target, adaptive, slow, lr)]
+        return [_too_low_by_progress(run, th, ratio, per_layer, target, adaptive, slow, lr, varied)]
     else:
         return []
     hits, judged_steps = int(out[ok].sum()), int(ok.sum())
     frac = hits / judged_steps
     if frac < th.persistence:
         if direction == "high" and growth is not None and growth >= th.lr_weight_growth:
-            return [_too_high_by_growth(run, th, growth, ratio, adaptive, target, lr)]
+            return [_too_high_by_growth(run, th, growth, ratio, adaptive, target, lr, varied)]
         if direction == "high" and (f_init := by_init_step()) is not None:
             return [f_init]
         return []
@@ -561,7 +561,7 @@ def _slow_steady_progress(run: Run, th: Thresholds) -> dict[str, float] | None:
 
 
 def _too_low_by_progress(run: Run, th: Thresholds, ratio: float, per_layer: np.ndarray, target: float,
-                         adaptive: bool, slow: dict[str, float], lr: float | None) -> Finding:
+                         adaptive: bool, slow: dict[str, float], lr: float | None, varied: bool) -> Finding:
     fastest = float(np.nanmax(per_layer))
     factor = target / fastest if fastest > 0 else 1.0
     suggested = lr * factor if lr is not None else None
@@ -579,7 +579,8 @@ def _too_low_by_progress(run: Run, th: Thresholds, ratio: float, per_layer: np.n
     evidence = {"median_update_ratio": ratio, "direction": "low", "target_ratio": target,
                 "adaptive_optimizer": adaptive, "lr": lr, "suggested_lr": suggested, "lr_factor": factor,
                 "loss_trend": slow, "threshold": th.lr_slow_max_drop}
-    detail = LearningRateDetail(direction="low", ratio=fastest, target=target, factor=factor, suggested_lr=suggested)
+    detail = LearningRateDetail(direction="low", ratio=fastest, target=target, factor=factor, suggested_lr=suggested,
+                                peak_lr=lr if varied else None)
     return Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning rate too low", msg, steps=steps,
                    evidence=evidence, detail=detail,
                    confidence=confidence(mean(1.0 - slow["p"], ratio_margin(th.lr_slow_ratio_fraction * target,
@@ -604,7 +605,7 @@ def _weight_growth(run: Run, cols: list[int], rows: np.ndarray | None = None) ->
 
 
 def _too_high_by_growth(run: Run, th: Thresholds, growth: float, ratio: float, adaptive: bool,
-                        target: float, lr: float | None) -> Finding:
+                        target: float, lr: float | None, varied: bool) -> Finding:
     factor = 1.0 / growth   # weights that grew N× suggest steps about N× too large (a heuristic, said so)
     opt = optimizer_name(run) or "optimizer"
     lr_txt = f" (lr {fmt_num(lr)}, {opt})" if lr is not None else f" ({opt})"
@@ -615,7 +616,7 @@ def _too_high_by_growth(run: Run, th: Thresholds, growth: float, ratio: float, a
                 "weight_growth": growth, "target_ratio": target, "adaptive_optimizer": adaptive, "lr": lr,
                 "suggested_lr": lr * factor if lr is not None else None, "lr_factor": factor}
     detail = LearningRateDetail(direction="high", ratio=ratio, target=target, factor=factor,
-                                suggested_lr=lr * factor if lr is not None else None)
+                                suggested_lr=lr * factor if lr is not None else None, peak_lr=lr if varied else None)
     return Finding(Code.LEARNING_RATE, Severity.WARNING, "Learning rate too high", msg, steps=steps,
                    evidence=evidence, confidence=confidence(ratio_margin(growth, th.lr_weight_growth),
                                                             th.confidence_floor), detail=detail)
