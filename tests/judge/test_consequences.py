@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gradscope.judge.diagnose import diagnose
 from gradscope.judge.findings import Code, FixKind, Severity
@@ -246,7 +247,8 @@ def test_gradients_huge_from_the_first_step_then_nan_are_an_explosion(tmp_path: 
             nn.init.normal_(m.weight, std=1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(1)
-    with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt) as scope:
+    with pytest.warns(gradscope.GradscopeWarning, match="NaN/Inf"), \
+            gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt) as scope:
         for _ in range(12):
             x, y = torch.randn(64, 2, generator=g), torch.randint(0, 2, (64,), generator=g)
             opt.zero_grad()
