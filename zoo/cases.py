@@ -18,8 +18,8 @@ Every other code must not fire (must-not = all codes − must − may). Healthy 
 architectures, sizes, seeds and data the calibration did not see. ``unseen=True`` cases (also hold-out) were
 written in the calibration pass *before* their first run and scored once; a failure there was either fixed in
 the rule in general (and a fresh unseen case added to test the fix) or the label was corrected with the reason
-in the description. ``known_miss`` records an unseen case the rules still get wrong, with why: it is scored as
-a miss and its test is an expected failure.
+in the description. ``known_miss`` records a case the rules still get wrong (an unseen one, or a recipe whose
+fault gradscope cannot see), with why: it is scored as a miss and its test is an expected failure.
 
 Runs are deterministic: model init, dropout and shuffling happen under ``torch.random.fork_rng`` with a fixed
 seed (the caller's global RNG is left as it was), synthetic data comes from a private generator.
