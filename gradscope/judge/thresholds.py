@@ -331,8 +331,13 @@ class Thresholds:
     overfits (one step on a log scale of widths)."""
 
     fix_max_layers: int = 4
-    """A fix's snippet names at most this many layers and its summary says how many more: a longer list is
-    unreadable, and the first layers named are the worst (rules list them first)."""
+    """A fix's summary names at most this many layers and says how many more: a longer list is unreadable,
+    and the first layers named are the worst (rules list them first)."""
+
+    fix_max_code_layers: int = 16
+    """A fix's snippet edits at most this many layers (a line or a few each) and names the ones it leaves
+    out: a fix that normalizes 4 of 12 affected layers leaves the problem in the other 8 (issue 11), while a
+    200-line snippet is no longer something a user pastes. 16 covers every finding of the zoo."""
 
     fix_transformer_init_std: float = 0.02
     """Standard deviation of the N(0, σ²) weight initialization a fix suggests for a transformer's layers and

@@ -363,9 +363,19 @@ def transformer_init_lines(run: Run, la: LayerInfo, th: Thresholds) -> list[str]
 
 
 def named(run: Run, names: tuple[str, ...] | list[str], th: Thresholds) -> list[LayerInfo]:
-    """The run's layers called ``names``, at most ``fix_max_layers`` of them."""
+    """The run's layers called ``names``, at most ``fix_max_code_layers`` of them (``left_out`` names the
+    rest in the snippet)."""
     out = [la for n in names if (la := layer_info(run, n)) is not None]
-    return out[:th.fix_max_layers]
+    return out[:th.fix_max_code_layers]
+
+
+def left_out(names: tuple[str, ...] | list[str], th: Thresholds) -> list[str]:
+    """A comment line for a snippet that edits the first ``fix_max_code_layers`` of ``names``: the layers it
+    leaves out, so that the user can repeat the edit for them (empty when none are)."""
+    rest = list(names[th.fix_max_code_layers:])
+    if not rest:
+        return []
+    return [f"# and the same for the other {len(rest)} layers: " + ", ".join(repr(n) for n in rest)]
 
 
 def more(names: tuple[str, ...] | list[str], th: Thresholds) -> str:
@@ -458,6 +468,7 @@ def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
     lines = [DEVICE_LINE]
     for la, n in las:
         lines += wrap_lines(la, n)
+    lines += left_out(list(names), th)
     lines.append(REBUILD_OPTIMIZER)
     return Fix(FixKind.BATCHNORM, f"Add a normalization layer after {list_names([la.name for la, _ in las], th)}, "
                                   f"before its activation: {why}", "\n".join(with_on_output(lines)))
@@ -525,6 +536,7 @@ def init_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
     if tf:
         parts.append(f"{list_names(tf, th)} as GPT-2 does: N(0, {sig(th.fix_transformer_init_std)}²), the residual "
                      f"projections scaled by 1/sqrt(2·n_layer)")
+    lines += left_out(list(names), th)
     return Fix(FixKind.INIT, "Re-initialize " + "; ".join(parts),
                "with torch.no_grad():\n" + "\n".join("    " + ln if ln else "" for ln in lines))
 

@@ -1,0 +1,53 @@
+"""A fix covers every layer its finding names (issue 11: "batch norm suggested for 4 of 12 affected layers"):
+the snippet edits all of them up to ``fix_max_code_layers`` and names the ones past it; the summary stays short."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.judge.rules._fixes import init_fix, norm_fix
+from gradscope.judge.thresholds import Thresholds
+from gradscope.store.load import load_run
+from tests.judge.snippets import run_snippet
+
+
+def _deep_sigmoid(tmp_path: Path, depth: int = 13) -> tuple[nn.Sequential, list[str]]:
+    torch.manual_seed(0)
+    mods: list[nn.Module] = []
+    for i in range(depth):
+        mods += [nn.Linear(8 if i else 4, 8), nn.Sigmoid()]
+    model = nn.Sequential(*mods, nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt):
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(16, 4, generator=g)),
+                                        torch.randint(0, 2, (16,), generator=g)).backward()
+            opt.step()
+    return model, [str(2 * i) for i in range(depth)]
+
+
+def test_a_norm_fix_covers_all_twelve_affected_layers(tmp_path: Path) -> None:
+    model, hidden = _deep_sigmoid(tmp_path)
+    run, th = load_run(tmp_path), Thresholds()
+    fix = norm_fix(run, hidden[:12], "keeps pre-activations centred", th)
+    assert fix is not None and fix.code
+    assert "(and 8 more)" in fix.summary                      # the summary stays short
+    m = run_snippet(fix.code, model, torch.randn(4, 4))
+    assert isinstance(m, nn.Module)
+    assert sum(isinstance(x, nn.BatchNorm1d) for x in m.modules()) == 12
+
+
+def test_past_the_code_cap_the_snippet_names_the_layers_it_left_out(tmp_path: Path) -> None:
+    model, hidden = _deep_sigmoid(tmp_path)
+    run = load_run(tmp_path)
+    th = Thresholds(fix_max_code_layers=10)
+    fix = init_fix(run, hidden, "Glorot init keeps pre-activations in range", th)
+    assert fix is not None and fix.code
+    assert "# and the same for the other 3 layers: '20', '22', '24'" in fix.code
+    run_snippet(fix.code, model, torch.randn(4, 4))
