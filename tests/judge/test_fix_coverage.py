@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope.judge.rules._fixes import init_fix, norm_fix
+from gradscope.judge.rules._fixes import init_fix, norm_fix, width_fix
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.load import load_run
 from tests.judge.snippets import run_snippet
@@ -51,3 +51,37 @@ def test_past_the_code_cap_the_snippet_names_the_layers_it_left_out(tmp_path: Pa
     assert fix is not None and fix.code
     assert "# and the same for the other 3 layers: '20', '22', '24'" in fix.code
     run_snippet(fix.code, model, torch.randn(4, 4))
+
+
+def _trained(tmp_path: Path, model: nn.Sequential, d_in: int, classes: int) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(2)
+    with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt):
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(16, d_in, generator=g)),
+                                        torch.randint(0, classes, (16,), generator=g)).backward()
+            opt.step()
+
+
+def test_a_hidden_layer_narrower_than_the_classes_is_widened_past_them(tmp_path: Path) -> None:
+    """Doubling a 2-unit layer before a 10-class head (2 → 4) leaves the bottleneck: the capacity fix widens the
+    narrowest hidden layer to at least the number of outputs and says why."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2), nn.ReLU(), nn.Linear(2, 10))
+    _trained(tmp_path, model, 8, 10)
+    fix = width_fix(load_run(tmp_path), Thresholds(), grow=True)
+    assert fix is not None and fix.code and "model[2]" in fix.summary and "2 → 10" in fix.summary
+    assert "bottleneck" in fix.summary
+    m = run_snippet(fix.code, model, torch.randn(4, 8))
+    assert isinstance(m, nn.Sequential) and m[2].out_features == 10 and m[4].in_features == 10
+
+
+def test_a_linear_model_gets_a_hidden_layer_not_a_wider_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    _trained(tmp_path, model, 4, 3)
+    fix = width_fix(load_run(tmp_path), Thresholds(), grow=True)
+    assert fix is not None and fix.code and "linear" in fix.summary and "widen model" not in fix.summary
+    m = run_snippet(fix.code, model, torch.randn(4, 4))
+    assert any(isinstance(x, nn.ReLU) for x in m.modules())   # type: ignore[attr-defined]

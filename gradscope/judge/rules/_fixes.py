@@ -644,19 +644,67 @@ def width_fix(run: Run, th: Thresholds, *, grow: bool) -> Fix | None:
         return _transformer_width_fix(run, th, grow=grow)
     la = hidden[0] if hidden else None
     width = units(run, la) if la is not None else None
+    head = output_layer(run)
+    if grow and la is not None and head is not None and la is run.layers[head]:
+        return _hidden_layer_fix(run, la, th)
+    neck = _bottleneck(run, hidden) if grow else None
+    if neck is not None:
+        la, width = neck
     if la is None or not width:
         return Fix(FixKind.CAPACITY, "Use a bigger or deeper model (more units, more layers)", "") if grow else None
     new = width * f if grow else max(1, width // f)
+    outs = _outputs(run)
+    why = ""
+    if neck is not None and outs:
+        new = max(new, outs)
+        why = f", narrower than the {outs} outputs it feeds: a bottleneck"
     what = "hidden_size " if recurrent(la) is not None else ""
     unit = "" if what else " units"
     code = "\n".join(resize_lines(run, la, new) or
                      [f"# {module_path(la.name)}: from {what}{width} to {new}{unit}, and the input of the layer "
                       f"that reads its output to match"])
     if grow:
-        return Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({what}{width} → {new}{unit}) or "
-                                     f"add a hidden layer", code)
+        return Fix(FixKind.CAPACITY, f"Use a bigger model: widen {label(la.name)} ({what}{width} → {new}{unit}"
+                                     f"{why}) or add a hidden layer", code)
     return Fix(FixKind.CAPACITY, f"Or shrink the model: halve the width of {label(la.name)} ({what}{width} → "
                                  f"{new}{unit})", code)
+
+
+def _hidden_layer_fix(run: Run, la: LayerInfo, th: Thresholds) -> Fix:
+    """The model's only weighted layer is its head: a linear model, which widening cannot help (its width is
+    the number of outputs). Put a hidden layer in front of it, as wide as ``fix_width_factor`` × the larger of
+    its input and output widths (at least 32)."""
+    path = module_path(la.name)
+    fi, fo = la.fan_in, units(run, la)
+    if la.type.lower() != "linear" or not fi or not fo or not (la.name and is_plain_path(la.name)):
+        return Fix(FixKind.CAPACITY, f"Use a bigger model: {label(la.name)} is the only weighted layer (a linear "
+                                     f"model); add a hidden layer with a non-linearity before it", "")
+    width = max(32, th.fix_width_factor * max(fi, fo))
+    code = "\n".join([DEVICE_LINE,
+                      f"{path} = nn.Sequential(nn.Linear({fi}, {width}, device=device), nn.ReLU(), "
+                      f"nn.Linear({width}, {fo}, device=device))",
+                      REBUILD_OPTIMIZER])
+    return Fix(FixKind.CAPACITY, f"Use a bigger model: {label(la.name)} is the only weighted layer, so the model "
+                                 f"is linear and widening it cannot help; add a hidden layer of {width} units with a "
+                                 f"ReLU before the output", code)
+
+
+def _outputs(run: Run) -> int | None:
+    """The model's output width (the head's units), when known."""
+    head = output_layer(run)
+    return units(run, run.layers[head]) if head is not None else None
+
+
+def _bottleneck(run: Run, hidden: list[LayerInfo]) -> tuple[LayerInfo, int] | None:
+    """The narrowest hidden layer when it is narrower than the model's outputs (a 2-unit layer before a
+    10-class head caps what any training can reach: the architecture alone shows it), else None."""
+    outs = _outputs(run)
+    head = output_layer(run)
+    widths = [(la, w) for la in hidden if (w := units(run, la)) and (head is None or la is not run.layers[head])]
+    if not outs or not widths:
+        return None
+    la, w = min(widths, key=lambda p: p[1])
+    return (la, w) if w < outs else None
 
 
 def _transformer_width_fix(run: Run, th: Thresholds, *, grow: bool) -> Fix:
@@ -685,7 +733,7 @@ def _transformer_width_fix(run: Run, th: Thresholds, *, grow: bool) -> Fix:
         new_ff = u0 * f if grow else max(1, u0 // f)
         ff = f", or the feed-forward width ({u0} → {new_ff}) in every block"
         lines.append(DEVICE_LINE)
-        for la, u in pairs[:th.fix_max_layers]:
+        for la, u in pairs[:th.fix_max_code_layers]:
             lines += _linear_pair(run, la, u * f if grow else max(1, u // f)) or []
         lines.append("# then re-create the optimizer: it holds the old layers' parameters")
     else:
