@@ -318,6 +318,34 @@ def overfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                     evidence=evidence, confidence=conf, detail=detail)]
 
 
+def end_trend(run: Run, th: Thresholds) -> dict[str, float | bool] | None:
+    """Is the training loss still falling at the end? Over the second half of the logged ``train_loss``
+    values (all of them when that half has fewer than ``lr_trend_min_points``): the Theil–Sen slope with its
+    ``lr_trend_confidence`` interval (``scipy.stats.theilslopes``) and a one-sided Mann–Kendall test; it is
+    still falling when the whole interval is below zero and p < ``lr_trend_p`` (Sen 1968; Mann 1945).
+    Returns {"falling", "slope", "slope_low", "slope_high", "p", "points"}; None with too few values."""
+    st, v = finite_series(run.metrics.get("train_loss"))
+    half = v.size // 2
+    if v.size - half >= th.lr_trend_min_points:
+        st, v = st[half:], v[half:]
+    if v.size < th.lr_trend_min_points or np.ptp(st) <= 0:
+        return None
+    from scipy.stats import kendalltau, theilslopes  # imported here: the rest of the judge needs only numpy
+
+    x = st.astype(float)
+    slope, _, lo, hi = theilslopes(v, x, th.lr_trend_confidence)
+    _, p = kendalltau(x, v, alternative="less")
+    p = float(p) if np.isfinite(p) else 1.0
+    return {"falling": bool(hi < 0 and p < th.lr_trend_p), "slope": float(slope), "slope_low": float(lo),
+            "slope_high": float(hi), "p": p, "points": int(v.size)}
+
+
+def _trend_text(trend: dict[str, float | bool], th: Thresholds) -> str:
+    return (f"Theil–Sen slope {fmt_num(1000 * float(trend['slope']))} per 1000 steps, "
+            f"{100 * th.lr_trend_confidence:.0f}% interval {fmt_num(1000 * float(trend['slope_low']))} to "
+            f"{fmt_num(1000 * float(trend['slope_high']))} over the last {int(trend['points'])} logged values")
+
+
 def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     """Underfitting (high bias): the model does not fit even the training data.
 
@@ -350,9 +378,13 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     level and 1 − gap / ``underfit_gap`` (0 without a validation loss).
 
     Fixes: a bigger or deeper model; training longer; a better-tuned learning rate; less regularization.
-    Widths are counted in units: channels of a convolution, ``hidden_size`` of a recurrent layer (not its
-    3×/4× gate rows), ``d_model`` or the feed-forward width of a transformer (never a fused qkv projection,
-    whose width is tied to the number of heads).
+    Training longer leads when the training loss is still falling at the end (``end_trend``: Theil–Sen slope
+    interval below zero and a one-sided Mann–Kendall p below ``lr_trend_p`` over the second half of the curve),
+    and is demoted with that reason when the loss has levelled off. Widths are counted in units: channels of a
+    convolution, ``hidden_size`` of a recurrent layer (not its 3×/4× gate rows), ``d_model`` or the feed-forward
+    width of a transformer (never a fused qkv projection, whose width is tied to the number of heads); a hidden
+    layer narrower than the model's outputs is the one widened, past them (a bottleneck), and a linear model
+    gets a hidden layer.
     """
     code = Code.UNDERFITTING
     tr, va = error_series(run, "train"), error_series(run, "val")
@@ -387,7 +419,7 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                    f"training accuracy logged), so the training error is about as high ({base_txt}; avoidable "
                    f"bias ≈ {100 * bv.avoidable_bias:.1f} points, threshold {100 * th.avoidable_bias:.1f})")
         steps = (int(tr[0][-1]), int(tr[0][-1]))
-        evidence = {"train_error": train_err, "val_error": val_err if va is not None else None,
+        evidence: dict[str, object] = {"train_error": train_err, "val_error": val_err if va is not None else None,
                     "avoidable_bias": bv.avoidable_bias, "variance": bv.variance if va is not None else None,
                     "baseline_error": bv.baseline_error if known else None, "verdict": bv.verdict.value,
                     "threshold": th.avoidable_bias}
@@ -397,6 +429,10 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
                                support(int((tail_err - bv.baseline_error > th.avoidable_bias).sum()),
                                        int(tail_err.size), th.confidence_support_level), anchor),
                           th.confidence_floor)
+        trend = end_trend(run, th)
+        evidence["end_trend"] = trend
+        if trend is not None and trend["falling"]:
+            msg += f"; the training loss is still falling at the end ({_trend_text(trend, th)}): train longer first"
         return [Finding(code, severity, "Underfitting (high bias)", msg, steps=steps, evidence=evidence,
                         confidence=conf)]
     ts, tv = finite_series(run.metrics.get("train_loss"))
@@ -434,14 +470,15 @@ def underfitting(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
            f"loss log(C) = {fmt_num(chance)} (≥ {100 * th.underfit_chance_fraction:.0f}% of it)")
     if gap is not None:
         msg += f"; validation loss within {100 * gap:.0f}% of it"
-    evidence = {"train_loss_start": start, "train_loss_end": end, "improvement": improvement,
-                "chance_loss": chance, "train_val_gap": gap, "threshold": th.underfit_min_improvement}
+    evidence2: dict[str, object] = {"train_loss_start": start, "train_loss_end": end, "improvement": improvement,
+                "chance_loss": chance, "train_val_gap": gap, "threshold": th.underfit_min_improvement,
+                "end_trend": end_trend(run, th)}
     high = th.underfit_chance_fraction
     s_train = mean(fraction_margin(improvement, th.underfit_min_improvement, 0.0),
                    fraction_margin(end / chance, high),
                    support(int((tv[tail] >= high * chance).sum()), int(tv[tail].size), th.confidence_support_level))
     s_val = mean(fraction_margin(v_end / chance, high), 1.0 - gap / th.underfit_gap) if gap is not None else 0.0
-    return [Finding(code, Severity.WARNING, "Underfitting (high bias)", msg, steps=steps, evidence=evidence,
+    return [Finding(code, Severity.WARNING, "Underfitting (high bias)", msg, steps=steps, evidence=evidence2,
                     confidence=confidence(agree(s_train, s_val), th.confidence_floor))]
 
 
@@ -521,13 +558,25 @@ def overfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
 
 def underfitting_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     fixes: list[Fix | None] = []
+    trend = f.evidence.get("end_trend")
+    trend = trend if isinstance(trend, dict) else None
+    if trend is not None and trend.get("falling"):
+        fixes.append(Fix(FixKind.TRAIN_LONGER, f"Train longer (more epochs) before changing the model: the training "
+                         f"loss is still falling at the end ({_trend_text(trend, th)})", "num_epochs *= 2"))
     fixes.append(width_fix(run, th, grow=True))
-    fixes.append(Fix(FixKind.TRAIN_LONGER, "Train longer (more epochs) and check that the training loss is "
-                     "still falling at the end", "num_epochs *= 2"))
+    if trend is None:
+        fixes.append(Fix(FixKind.TRAIN_LONGER, "Train longer (more epochs) and check that the training loss is "
+                         "still falling at the end", "num_epochs *= 2"))
+    demoted = None
+    if trend is not None and not trend.get("falling"):
+        demoted = Fix(FixKind.TRAIN_LONGER, f"Train longer only together with another change: the training loss "
+                      f"has levelled off at the end ({_trend_text(trend, th)}, not significantly below zero), so "
+                      f"more epochs of the same setup help little", "num_epochs *= 2")
     lr = current_lr(run)
     was = f" (was {sig(lr, 2)})" if lr is not None else ""
     fixes.append(Fix(FixKind.LEARNING_RATE, f"Tune the learning rate{was} with a range test (a few values on a "
                      f"log scale around it): too low and the loss barely moves", ""))
+    fixes.append(demoted)
     return fixes
 
 
