@@ -9,7 +9,9 @@ order in time), never mere co-occurrence. ``link(findings, run, thresholds)`` th
 - raises a cause to the severity of the worst finding it explains (a consequence never outranks its cause,
   and the run's worst severity is unchanged);
 - drops from a consequence the fixes of a kind one of its causes already offers: the cause's fix is the one
-  to apply, and two learning-rate fixes with different values would contradict each other; a consequence that
+  to apply, and two learning-rate fixes with different values would contradict each other; and the kinds a
+  link says contradict its cause (``Link.dropped``: no "widen the model" for an underfit another finding
+  explains, no "train longer" after a spike threw the progress away); a consequence that
   is only an artefact of its cause (``Link.artefact``: the chance-level error of a model whose weights are NaN)
   keeps none of its own.
 
@@ -46,6 +48,15 @@ class Link:
     when: Condition
     why: str
     artefact: bool = False
+    drops: frozenset[FixKind] = frozenset()
+
+    @property
+    def dropped(self) -> frozenset[FixKind]:
+        """Fix kinds the effect must not offer under this cause. An underfit that another finding explains is
+        not a capacity problem: "widen the model" under a learning rate far too low, a spike or vanishing
+        gradients sends the user the wrong way (issue 11), so ``capacity`` is always dropped there."""
+        extra = frozenset({FixKind.CAPACITY}) if self.effect is Code.UNDERFITTING else frozenset()
+        return self.drops | extra
 
 
 def _direction(f: Finding) -> object:
@@ -205,7 +216,8 @@ LINKS: tuple[Link, ...] = (
     Link(Code.LEARNING_RATE, Code.SATURATION, _after_spike,
          "the large updates at the higher rate push pre-activations into the flat tails"),
     Link(Code.LEARNING_RATE, Code.UNDERFITTING, _spike_undid_progress,
-         "the higher rate threw away the progress made before it: the loss ends above where it was before"),
+         "the higher rate threw away the progress made before it: the loss ends above where it was before",
+         drops=frozenset({FixKind.TRAIN_LONGER})),
     # Adam-like steps set by a learning rate large against the weights' initial scale: the step size is the
     # optimizer's setting, not a reading of the gradients, so it comes first (unlike the general case above).
     Link(Code.LEARNING_RATE, Code.EXPLODING_GRADIENTS, _at_peak_of_large_steps,
@@ -275,6 +287,7 @@ def link(findings: list[Finding], run: Run, th: Thresholds) -> list[Finding]:
     findings = _one_learning_rate(findings)
     edges: set[tuple[int, int]] = set()
     artefacts: set[int] = set()
+    dropped: dict[int, set[FixKind]] = {}
     for li in LINKS:
         for i, c in enumerate(findings):
             if c.code is not li.cause or not _loud(c):
@@ -282,6 +295,7 @@ def link(findings: list[Finding], run: Run, th: Thresholds) -> list[Finding]:
             for j, e in enumerate(findings):
                 if i != j and e.code is li.effect and _loud(e) and li.when(c, e, run, th):
                     edges.add((i, j))
+                    dropped.setdefault(j, set()).update(li.dropped)
                     if li.artefact:
                         artefacts.add(j)
     if not edges:
@@ -304,7 +318,7 @@ def link(findings: list[Finding], run: Run, th: Thresholds) -> list[Finding]:
         below = closure(k, effects)
         above = closure(k, causes)
         severity = max([f.severity, *(findings[j].severity for j in below)], key=lambda s: s.rank)
-        taken = {fx.kind for a in above for fx in findings[a].fixes}
+        taken = {fx.kind for a in above for fx in findings[a].fixes} | dropped.get(k, set())
         fixes = tuple(fx for fx in f.fixes if fx.kind not in taken) if above else f.fixes
         if k in artefacts:
             fixes = ()

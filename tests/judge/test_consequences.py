@@ -265,3 +265,19 @@ def test_gradients_huge_from_the_first_step_then_nan_are_an_explosion(tmp_path: 
     div = [f for f in findings if f.code is Code.DIVERGENCE]
     assert div and not any(fx.kind is FixKind.TRAINING_LOOP for fx in div[0].fixes)
     assert not div[0].detail.sudden   # type: ignore[union-attr]
+
+
+def test_an_underfit_another_finding_explains_is_never_told_to_widen_the_model() -> None:
+    """Issue 11: underfitting under its cause said "widen model[0]". Under a spike that threw the progress
+    away, neither a bigger model nor more epochs is the fix: the schedule is. On a real run of the zoo too."""
+    import tempfile
+
+    from zoo.cases import BY_NAME
+    from zoo.runner import ZooRunner
+
+    with tempfile.TemporaryDirectory() as root:
+        diag = ZooRunner(root).run(BY_NAME["conseq_lr_spike_mlp_sgdm"]).diagnosis
+    under = [f for f in diag.findings if f.code is Code.UNDERFITTING and f.severity is not Severity.INFO]
+    assert under and under[0].caused_by == (Code.LEARNING_RATE,)
+    kinds = {fx.kind for fx in under[0].fixes}
+    assert not kinds & {FixKind.CAPACITY, FixKind.TRAIN_LONGER}, kinds
