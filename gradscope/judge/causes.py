@@ -163,6 +163,19 @@ def _spike_undid_progress(c: Finding, e: Finding, run: Run, th: Thresholds) -> b
     return False
 
 
+def _spike_broke_validation(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The train/validation gap opened at the rate change, not by gradual memorization: the logged validation
+    loss just before the spike or step up (median of its last ``early_min_steps`` values before it) was lower
+    than at the end of the run (median of the last ``tail_fraction`` of the values after it)."""
+    ch = _schedule_change(c)
+    if ch is None:
+        return False
+    _, first, last = ch
+    st, v = finite_series(run.metrics.get("val_loss"))
+    pre, post = v[st < first][-th.early_min_steps:], v[st > (last if _spike(c) is not None else first - 1)]
+    return bool(pre.size and post.size and float(np.median(pre)) < float(np.median(post[tail_slice(post.size, th)])))
+
+
 def _at_peak_of_large_steps(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
     """The learning rate was judged too high because an Adam-like optimizer's steps are large against the
     weights' initial scale, and the consequence began once the rate had reached its peak (after any warm-up):
@@ -218,6 +231,10 @@ LINKS: tuple[Link, ...] = (
     Link(Code.LEARNING_RATE, Code.UNDERFITTING, _spike_undid_progress,
          "the higher rate threw away the progress made before it: the loss ends above where it was before",
          drops=frozenset({FixKind.TRAIN_LONGER})),
+    Link(Code.LEARNING_RATE, Code.OVERFITTING, _spike_broke_validation,
+         "the higher rate knocked the model out of the fit it had: the validation loss ends above where it was "
+         "before, the gap is not memorization", drops=frozenset({FixKind.REGULARIZATION, FixKind.DATA,
+                                                                FixKind.CAPACITY})),
     # Adam-like steps set by a learning rate large against the weights' initial scale: the step size is the
     # optimizer's setting, not a reading of the gradients, so it comes first (unlike the general case above).
     Link(Code.LEARNING_RATE, Code.EXPLODING_GRADIENTS, _at_peak_of_large_steps,

@@ -281,3 +281,19 @@ def test_an_underfit_another_finding_explains_is_never_told_to_widen_the_model()
     assert under and under[0].caused_by == (Code.LEARNING_RATE,)
     kinds = {fx.kind for fx in under[0].fixes}
     assert not kinds & {FixKind.CAPACITY, FixKind.TRAIN_LONGER}, kinds
+
+
+def test_a_gap_that_opened_at_a_rate_step_up_is_the_step_ups_not_memorization() -> None:
+    """MultiStepLR(gamma=10): the validation loss jumps when the rate does. The overfitting finding names the
+    step-up as its cause and drops regularization, more data and a smaller model: the schedule is the fix."""
+    import tempfile
+
+    from zoo.cases import BY_NAME
+    from zoo.runner import ZooRunner
+
+    with tempfile.TemporaryDirectory() as root:
+        diag = ZooRunner(root).run(BY_NAME["recipe_lr_high_resnet_multistep_gamma_10"]).diagnosis
+    over = [f for f in diag.findings if f.code is Code.OVERFITTING and f.severity is not Severity.INFO]
+    assert over and over[0].caused_by == (Code.LEARNING_RATE,)
+    kinds = {fx.kind for fx in over[0].fixes}
+    assert not kinds & {FixKind.REGULARIZATION, FixKind.DATA, FixKind.CAPACITY}, kinds

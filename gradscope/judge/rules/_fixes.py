@@ -762,10 +762,11 @@ def dropout_fix(run: Run, th: Thresholds) -> Fix | None:
                               f"        m.dropout = {p}   # on the attention weights",
                               "# blocks without nn.Dropout modules: add them on the residual branches in forward()"]))
     lines: list[str] = []
-    for h in hidden[:th.fix_max_layers]:
+    for h in hidden[:th.fix_max_code_layers]:
         if recurrent(h) is not None and any("_l1" in q for q in h.params) and is_plain_path(h.name) and h.name:
             lines.append(f"{module_path(h.name)}.dropout = {p}   # between its stacked layers")
         lines += wrap_lines(h, f"nn.Dropout(p={p})")
+    lines += left_out([h.name for h in hidden], th)
     return Fix(FixKind.REGULARIZATION, f"Add dropout (p={p}) after {list_names([h.name for h in hidden], th)}",
                "\n".join(with_on_output(lines)))
 
@@ -797,7 +798,7 @@ def residual_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds) -
     vanilla = [la for la in las if la.type.lower() == "rnn" and la.name and is_plain_path(la.name)]
     if vanilla:
         lines = [DEVICE_LINE]
-        for la in vanilla[:th.fix_max_layers]:
+        for la in vanilla[:th.fix_max_code_layers]:
             path = module_path(la.name)
             lines += [f"old = {path}",
                       f"{path} = nn.GRU(old.input_size, old.hidden_size, num_layers=old.num_layers, bias=old.bias, "

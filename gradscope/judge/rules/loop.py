@@ -48,7 +48,7 @@ from gradscope.judge.rules._common import (
     stat,
     step_range,
 )
-from gradscope.judge.rules._fixes import layer_info, list_names, param_expr, sig
+from gradscope.judge.rules._fixes import layer_info, left_out, list_names, param_expr, sig
 from gradscope.judge.rules.fitting import error_series
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
@@ -86,9 +86,9 @@ def _is_layer(run: Run, name: str) -> bool:
 
 def _param_paths(run: Run, names: list[str], th: Thresholds) -> list[str]:
     """``model.<layer>.parameters()`` for layers, ``[model.get_parameter('...')]`` for lone parameters: what an
-    optimizer or a freeze call takes. At most ``fix_max_layers``."""
+    optimizer or a freeze call takes. At most ``fix_max_code_layers``."""
     out = []
-    for n in names[:th.fix_max_layers]:
+    for n in names[:th.fix_max_code_layers]:
         if _is_layer(run, n):
             out.append(f"{module_path(n)}.parameters()")
         else:
@@ -229,6 +229,7 @@ def param_not_updated_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | 
                  "missing = []"]
         for expr in paths:
             lines.append(f"missing += [p for p in {expr} if p not in held]")
+        lines += left_out(owners, th)
         lines.append("optimizer.add_param_group({\"params\": missing})")
         fixes.append(Fix(FixKind.TRAINING_LOOP,
                          f"Add {list_names(owners, th)} to the existing optimizer (keeps its state; the new group "
@@ -328,7 +329,7 @@ def no_gradient_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     names = [n for n in d.layers if _is_layer(run, n)]
     if not names:
         return []
-    where = ", ".join(repr(n) for n in names[:th.fix_max_layers])
+    where = ", ".join(repr(n) for n in names[:th.fix_max_code_layers])
     fixes: list[Fix | None] = [Fix(
         FixKind.TRAINING_LOOP,
         f"Put {list_names(names, th)} back on the loss path: remove the .detach() / .data between its output and "
@@ -340,7 +341,7 @@ def no_gradient_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
         "missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]\n"
         "assert not missing, f\"no gradient reaches {missing}\"")]
     lines = []
-    for n in names[:th.fix_max_layers]:
+    for n in names[:th.fix_max_code_layers]:
         la = layer_info(run, n)
         if la is None:
             continue
@@ -351,6 +352,7 @@ def no_gradient_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
             lines.append(f"{expr or f'model.get_parameter({pname!r})'}.requires_grad_(False)")
     if not lines:
         return fixes
+    lines += left_out(names, th)
     fixes.append(Fix(FixKind.TRAINING_LOOP,
                      f"If {list_names(names, th)} is meant to stay fixed, freeze it on purpose (before building the "
                      f"optimizer and attaching gradscope)", "\n".join(lines)))
