@@ -23,6 +23,7 @@ has LayerNorm gets transformer advice (pre-LN, warmup, GPT-2 initialization), no
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -511,13 +512,14 @@ def transformer_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds
 
 
 def init_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresholds,
-             act: str | None = None) -> Fix | None:
+             act: str | Mapping[str, str | None] | None = None) -> Fix | None:
     """Re-initialization of the named layers: ``init_lines`` for each, and a summary that says which scheme —
-    matching the activation, a recurrent layer's (orthogonal recurrent weights) or GPT-2's."""
+    matching the activation, a recurrent layer's (orthogonal recurrent weights) or GPT-2's. ``act``: the
+    activation to match for every layer, or per layer name (None: the one recorded after it)."""
     lines: list[str] = []
     done: list[LayerInfo] = []
     for la in named(run, names, th):
-        got = init_lines(run, la, act, th)
+        got = init_lines(run, la, act.get(la.name) if isinstance(act, Mapping) else act, th)
         lines += got
         if got:
             done.append(la)

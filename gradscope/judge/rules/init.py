@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradscope.judge.confidence import agree, confidence, fraction_margin, mean, ratio_margin, support
-from gradscope.judge.findings import Code, Finding, Fix, FixKind, NotEvaluated, Severity
+from gradscope.judge.findings import Code, Finding, Fix, NotEvaluated, Severity
 from gradscope.judge.rules._common import (
     LOG,
     Context,
@@ -32,7 +32,7 @@ from gradscope.judge.rules._common import (
     stat,
     weighted_layers,
 )
-from gradscope.judge.rules._fixes import init_lines, list_names, named, norm_fix
+from gradscope.judge.rules._fixes import init_fix, norm_fix
 from gradscope.judge.rules.fitting import chance_loss
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
@@ -309,14 +309,9 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
 
 def poor_init_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     d = f.detail if isinstance(f.detail, PoorInitDetail) else PoorInitDetail()
-    lines: list[str] = []
-    for la in named(run, f.layers, th):
-        act = d.nonlinearity.get(la.name)
-        lines += init_lines(run, la, None if act in (None, "linear") else act)
+    acts = {n: (None if a in (None, "linear") else a) for n, a in d.nonlinearity.items()}
     return [
-        Fix(FixKind.INIT, f"Re-initialize {list_names(list(f.layers), th)} with the scheme the activation needs "
-            f"(He for ReLU, Glorot for tanh/sigmoid/linear, LeCun for SELU)",
-            "with torch.no_grad():\n" + "\n".join("    " + ln for ln in lines)) if lines else None,
+        init_fix(run, f.layers, "He for ReLU, Glorot for tanh/sigmoid/linear, LeCun for SELU", th, act=acts),
         norm_fix(run, f.layers, "normalization makes the net far less sensitive to the initial scale", th),
     ]
 
