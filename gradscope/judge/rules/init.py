@@ -290,7 +290,12 @@ def poor_init(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
         parts.append(f"{label(la.name)}: all weights equal at init (std 0) — its units never become different")
     if not parts:
         return []
-    msg = "; ".join(parts)
+    msg = "; ".join(parts[:th.fix_max_layers])
+    if len(parts) > th.fix_max_layers:
+        rest = [v["ratio"] for n, v in per_layer.items() if n in layers[th.fix_max_layers:]]
+        qs = [float(q) for q in rest if isinstance(q, (int, float)) and q > 0]
+        span = f", {fmt_num(min(qs))}×–{fmt_num(max(qs))}× their targets" if qs else ""
+        msg += f"; and {len(parts) - th.fix_max_layers} more layers{span} (evidence: layers)"
     if shows:
         msg += " — shows as: " + "; ".join(shows)
     evidence["layers"] = per_layer
