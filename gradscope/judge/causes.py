@@ -291,8 +291,8 @@ def _one_learning_rate(findings: list[Finding]) -> list[Finding]:
     lr = source.fixes[0]
     spike, up = _spike(source), _step_up(source)
     same = (spike_fix(spike) if spike is not None else step_up_fix(up) if up is not None else
-            Fix(FixKind.LEARNING_RATE, f"{lr.summary} (the value the learning_rate finding derives from the "
-                                       f"update/weight ratios)", lr.code))
+            Fix(FixKind.LEARNING_RATE, f"{lr.summary} (the learning_rate finding's value, so that the report "
+                                       f"gives one)", lr.code))
     return [replace(f, fixes=tuple(same if fx.kind is FixKind.LEARNING_RATE else fx for fx in f.fixes))
             if f.code in _BACKS_OFF else f for f in findings]
 

@@ -85,3 +85,37 @@ def test_a_linear_model_gets_a_hidden_layer_not_a_wider_head(tmp_path: Path) -> 
     assert fix is not None and fix.code and "linear" in fix.summary and "widen model" not in fix.summary
     m = run_snippet(fix.code, model, torch.randn(4, 4))
     assert any(isinstance(x, nn.ReLU) for x in m.modules())   # type: ignore[attr-defined]
+
+
+def test_a_head_tied_to_the_embedding_is_the_head(tmp_path: Path) -> None:
+    """A language model whose decoder shares the token embedding's weight records that weight once, under the
+    embedding's name: the decoder is still the model's head (no LayerNorm on the logits, chance level from it)."""
+    from gradscope.judge.rules._common import output_layer
+    from gradscope.judge.rules._fixes import norm_fix
+
+    class TiedLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Embedding(20, 16)
+            self.rnn = nn.LSTM(16, 16, batch_first=True)
+            self.decoder = nn.Linear(16, 20)
+            self.decoder.weight = self.encoder.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self.rnn(self.encoder(x))[0])
+
+    torch.manual_seed(0)
+    model = TiedLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(3)
+    with gradscope.watch(model, tmp_path, every=1, tensorboard=False, optimizer=opt):
+        for _ in range(3):
+            x = torch.randint(0, 20, (4, 6), generator=g)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x).reshape(-1, 20), x.reshape(-1)).backward()
+            opt.step()
+    run = load_run(tmp_path)
+    head = output_layer(run)
+    assert head is not None and run.layers[head].name == "decoder"
+    fix = norm_fix(run, ["encoder", "decoder"], "bounds the signal", Thresholds())
+    assert fix is not None and "decoder" not in fix.code

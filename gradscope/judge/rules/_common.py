@@ -315,9 +315,16 @@ def optimizer_hparam(run: Run, key: str) -> float | None:
 
 
 def output_layer(run: Run) -> int | None:
-    """Index of the last weighted layer (the model's head), if any."""
+    """Index of the last weighted layer (the model's head), if any — a head whose weight is tied to another
+    layer's (a language model's decoder sharing the token embedding: its weight is recorded once, under the
+    embedding's name) included."""
     w = weighted_layers(run)
-    return w[-1][0] if w else None
+    last = w[-1][0] if w else None
+    for i in range(len(run.layers) - 1, (last if last is not None else -1), -1):
+        la = run.layers[i]
+        if is_weighted(la) and la.type.lower() == "linear":
+            return i
+    return last
 
 
 def first_divergent_step(run: Run) -> int | None:

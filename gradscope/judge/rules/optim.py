@@ -247,8 +247,9 @@ def learning_rate(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     Fixes: a learning rate scaled by target_ratio / observed_ratio (the ratio scales linearly with the
     learning rate for SGD and, to first order, for Adam; for a rate too low the fastest layer's ratio is used,
     so no layer is pushed past the target; with a schedule, its peak rate), or a learning-rate finder / schedule;
-    for a spike or a step up, the schedule edited (capped at its base rate, a step schedule's gamma below 1)
-    rather than the base rate lowered.
+    for weight growth, one decade down (``fix_lr_backoff``) and a re-check, since growth compounds and does not
+    measure the excess; for a spike or a step up, the schedule edited (capped at its base rate, a step schedule's
+    gamma below 1) rather than the base rate lowered.
     """
     spike = find_lr_spike(run, th)
     if spike is not None:
@@ -606,7 +607,10 @@ def _weight_growth(run: Run, cols: list[int], rows: np.ndarray | None = None) ->
 
 def _too_high_by_growth(run: Run, th: Thresholds, growth: float, ratio: float, adaptive: bool,
                         target: float, lr: float | None, varied: bool) -> Finding:
-    factor = 1.0 / growth   # weights that grew N× suggest steps about N× too large (a heuristic, said so)
+    # Growth compounds once updates overshoot (95 000× in an LSTM at lr 20 without clipping), so it does not say
+    # by how much the rate is too high: one decade down (``fix_lr_backoff``), then re-check — lr / growth
+    # (20 → 2e-4) would stop training altogether.
+    factor = th.fix_lr_backoff
     opt = optimizer_name(run) or "optimizer"
     lr_txt = f" (lr {fmt_num(lr)}, {opt})" if lr is not None else f" ({opt})"
     steps = step_range(run.steps)
@@ -668,7 +672,8 @@ def learning_rate_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None
     # The ratio scales with the rate: say where this factor takes it (lowering the rate cannot raise it).
     growth = f.evidence.get("weight_growth") if isinstance(f.evidence, dict) else None
     if isinstance(growth, int | float) and growth > 0:
-        why = f"the weights grew {sig(float(growth))}× their initial norm: steps about that much too large"
+        why = (f"the weights grew {sig(float(growth))}× their initial norm; growth compounds once updates "
+               f"overshoot, so it does not say by how much: lower the rate a decade and re-check")
     elif d.ratio is not None and d.ratio > 0:
         why = f"scales the update/weight ratio from {sig(d.ratio)} to about {sig(d.ratio * d.factor)}"
         if d.target is not None:
