@@ -640,9 +640,12 @@ def _recipe_fp16(logdir: Path) -> None:
 
 @case("recipe_lr_low_fp16_clip_without_unscale", "The same fp16 recipe without scaler.unscale_ before "
       "clip_grad_norm_(…, 1.0): the loss-scaled gradients (×65536) are clipped to norm 1, so the true step is "
-      "~65536× too small.",
+      "~65536× too small. Its fix label was written as a learning-rate fix before its first run; that run "
+      "passed by suggesting lr 40 (was 0.05), which would blow up once the clipping is fixed. The finding now "
+      "names the clipping (it keeps 3.6e-05 of each gradient) and its fix is scaler.unscale_ before "
+      "clip_grad_norm_, so the required fix kind was corrected to clipping.",
       must=(C.LEARNING_RATE,), may=(C.UNDERFITTING,),
-      fixes={C.LEARNING_RATE: (K.LEARNING_RATE,)},
+      fixes={C.LEARNING_RATE: (K.CLIPPING,)},
       unseen=True, arch="CNN (fp16 autocast, GradScaler)", optimizer="SGD+momentum", data="digits")
 def _recipe_fp16_noscale(logdir: Path) -> None:
     _fp16(logdir, unscale=False)

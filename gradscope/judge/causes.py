@@ -184,6 +184,15 @@ def _at_peak_of_large_steps(c: Finding, e: Finding, run: Run, th: Thresholds) ->
     return init is not None and first is not None and first >= init.peak_step
 
 
+def _underfit_from_thrown_weights(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """A rate judged too high because the weights grew ``lr_weight_growth``× or more, and a training loss that
+    never got going (the underfitting finding judged from a flat loss curve near chance): weights thrown that
+    far keep the model from settling, so widening it would not help first."""
+    growth = c.evidence.get("weight_growth") if isinstance(c.evidence, dict) else None
+    return (_direction(c) == "high" and isinstance(growth, int | float) and growth >= th.lr_weight_growth
+            and "train_loss_end" in e.evidence)
+
+
 def _underfit_from_large_steps(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
     """The learning-rate finding took the underfitting as its evidence: Adam-like steps large against the
     weights' scale keep rewriting them, so the model never settles into a fit."""
@@ -219,7 +228,8 @@ LINKS: tuple[Link, ...] = (
     Link(Code.LEARNING_RATE, Code.DEAD_RELU, lambda c, e, r, t: _lr("high")(c, e, r, t)
          and _alive_early_then_dead(c, e, r, t),
          "a large update pushes a unit's pre-activation negative for every input, where it gets no gradient"),
-    Link(Code.LEARNING_RATE, Code.UNDERFITTING, _lr("low"), "steps too small to fit in the time trained"),
+    Link(Code.LEARNING_RATE, Code.UNDERFITTING, _lr("low"), "steps too small to fit in the time trained",
+         drops=frozenset({FixKind.LEARNING_RATE, FixKind.TRAIN_LONGER})),
     # A spike or a lasting step up in the recorded schedule gives the order in time the general case lacks: the
     # run was fine at the base rate, and what broke began with the higher rate.
     Link(Code.LEARNING_RATE, Code.EXPLODING_GRADIENTS, _after_spike,
@@ -240,6 +250,8 @@ LINKS: tuple[Link, ...] = (
     Link(Code.LEARNING_RATE, Code.EXPLODING_GRADIENTS, _at_peak_of_large_steps,
          "steps many times the typical size against the weights' scale throw them, and the activations and "
          "gradients with them, out of range"),
+    Link(Code.LEARNING_RATE, Code.UNDERFITTING, _underfit_from_thrown_weights,
+         "updates large enough to grow the weights that much keep the loss from settling: it stays near chance"),
     Link(Code.LEARNING_RATE, Code.UNDERFITTING, _underfit_from_large_steps,
          "steps that large keep rewriting the weights, so the model never settles into a fit"),
     Link(Code.DIVERGENCE, Code.UNDERFITTING, _nonfinite_before_end,

@@ -334,6 +334,13 @@ class Thresholds:
     """A fix's summary names at most this many layers and says how many more: a longer list is unreadable,
     and the first layers named are the worst (rules list them first)."""
 
+    clip_crush_ratio: float = 1e-2
+    """Median ratio of the gradient norm the optimizer steps with to the one backward produced (recorded with
+    ``optimizer=``) below which clipping, not the learning rate, is why the updates are tiny: a threshold that
+    binds that hard throws away 99% of every step. Clipping the loss-scaled gradients of an AMP loop without
+    ``scaler.unscale_(optimizer)`` first gives about 1/scale (2^-16 with the default GradScaler) — the
+    documented order is unscale, then clip (PyTorch AMP examples, "Gradient clipping")."""
+
     fix_max_code_layers: int = 16
     """A fix's snippet edits at most this many layers (a line or a few each) and names the ones it leaves
     out: a fix that normalizes 4 of 12 affected layers leaves the problem in the other 8 (issue 11), while a

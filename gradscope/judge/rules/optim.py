@@ -3,6 +3,7 @@ learning rate the watch records (a spike in the schedule)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,7 +31,7 @@ from gradscope.judge.rules._common import (
     tail_slice,
     weighted_layers,
 )
-from gradscope.judge.rules._fixes import lr_fix, sig
+from gradscope.judge.rules._fixes import lr_fix, sig, suggest_max_norm
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 
@@ -49,6 +50,7 @@ class LearningRateDetail:
     step_up: LrStepUp | None = None  # the schedule stepped up for good: the fix edits the schedule
     init_step: LrInitStep | None = None  # Adam-like steps large against the weights' initial scale
     peak_lr: float | None = None     # the rate the ratios were scaled to (the schedule's peak), when it varied
+    clip_crush: float | None = None  # too low because clipping keeps only this share of every step's gradient
 
 
 @dataclass(frozen=True)
@@ -475,13 +477,45 @@ def _judge_ratios(run: Run, th: Thresholds, ctx: Context, rows: np.ndarray | Non
         "scaled_to_peak_lr": lr if varied else None,
     }
     title = f"Learning rate too {direction}"
+    crush = _clip_crush(run, th, rows) if direction == "low" else None
+    if crush is not None:
+        title = "Updates too small: clipping throws most of every step away"
+        msg += (f" — not because of the learning rate: gradient clipping keeps {fmt_num(crush)} of the gradient "
+                f"norm on the median recorded step (threshold {fmt_num(th.clip_crush_ratio)})"
+                + (", about 1/scale of the GradScaler: the loss-scaled gradients are clipped before "
+                   "scaler.unscale_(optimizer)" if run.scaler_passed or _power_of_two(1.0 / crush) else ""))
+        evidence["clip_kept_fraction"] = crush
     detail = LearningRateDetail(direction=direction, ratio=ratio, target=target, factor=factor,
-                                suggested_lr=suggested, peak_lr=lr if varied else None)
+                                suggested_lr=suggested, peak_lr=lr if varied else None, clip_crush=crush)
     return [Finding(code, Severity.WARNING, title, msg, layers=tuple(bad_layers), steps=steps, evidence=evidence,
                     confidence=confidence(mean(support(hits, judged_steps, th.confidence_support_level),
                                                ratio_margin(ratio, bound) if direction == "high"
                                                else ratio_margin(1.0 / ratio, 1.0 / bound)),
                                           th.confidence_floor), detail=detail)]
+
+
+def _clip_crush(run: Run, th: Thresholds, rows: np.ndarray | None) -> float | None:
+    """The median share of the backward gradient norm the optimizer stepped with, when clipping is active and
+    that share is below ``clip_crush_ratio`` (clipping, not the rate, makes the updates tiny); else None."""
+    n = min(run.clip_norm.size, run.grad_norm.size)
+    if not n or not run.clipping:
+        return None
+    c, g = run.clip_norm[:n], run.grad_norm[:n]
+    keep = np.isfinite(c) & np.isfinite(g) & (g > 0)
+    if rows is not None:
+        keep &= rows[:n]
+    if keep.sum() < th.min_recorded_steps:
+        return None
+    share = float(np.median(c[keep] / g[keep]))
+    return share if share < th.clip_crush_ratio else None
+
+
+def _power_of_two(x: float, tol: float = 0.05) -> bool:
+    """``x`` is within ``tol`` (relative) of a power of two of at least 2^8: a loss scale."""
+    if not (np.isfinite(x) and x >= 256):
+        return False
+    k = round(math.log2(x))
+    return abs(x / 2.0 ** k - 1.0) < tol
 
 
 _DAMAGE = (Code.DIVERGENCE, Code.EXPLODING_GRADIENTS, Code.DEAD_RELU)
@@ -640,6 +674,23 @@ def spike_fix(s: LrSpike) -> Fix:
                f"for group in optimizer.param_groups:\n    group[\"lr\"] = min(group[\"lr\"], {sig(s.base)})")
 
 
+def clip_crush_fix(run: Run, kept: float, th: Thresholds) -> Fix:
+    """Clipping keeps a sliver of every step: unscale before clipping under a GradScaler (the usual cause, and
+    the kept share is then about 1/scale), else a threshold far below the gradient norm: raise it."""
+    if run.scaler_passed or _power_of_two(1.0 / kept):
+        return Fix(FixKind.CLIPPING, f"Unscale the gradients before clipping them: the optimizer steps with "
+                   f"{fmt_num(kept)} of each gradient (about 1/loss scale), so raising the learning rate would only "
+                   f"hide it",
+                   "# in the AMP loop, between scaler.scale(loss).backward() and scaler.step(optimizer):\n"
+                   "scaler.unscale_(optimizer)\n"
+                   "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)")
+    norm = suggest_max_norm(run, th)
+    at = sig(norm) if norm is not None else "the 90th percentile of the gradient norm"
+    return Fix(FixKind.CLIPPING, f"Raise the clipping threshold to {at}: it binds on every step and keeps "
+               f"{fmt_num(kept)} of each gradient, so the learning rate never acts",
+               f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={at if norm is not None else 1.0})")
+
+
 def step_up_fix(u: LrStepUp) -> Fix:
     """Edit the schedule: the rate it held before the step up trained, and what came after did not; a step
     schedule's gamma above 1 (or an lr_lambda that grows) is the usual cause."""
@@ -667,12 +718,14 @@ def learning_rate_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None
     d = f.detail if isinstance(f.detail, LearningRateDetail) else LearningRateDetail()
     if d.spike is not None:
         return [spike_fix(d.spike)]
+    if d.clip_crush is not None:
+        return [clip_crush_fix(run, d.clip_crush, th)]
     if d.step_up is not None:
         return [step_up_fix(d.step_up)]
     # The ratio scales with the rate: say where this factor takes it (lowering the rate cannot raise it).
     growth = f.evidence.get("weight_growth") if isinstance(f.evidence, dict) else None
     if isinstance(growth, int | float) and growth > 0:
-        why = (f"the weights grew {sig(float(growth))}× their initial norm; growth compounds once updates "
+        why = (f"the weights grew {fmt_num(float(growth))}× their initial norm; growth compounds once updates "
                f"overshoot, so it does not say by how much: lower the rate a decade and re-check")
     elif d.ratio is not None and d.ratio > 0:
         why = f"scales the update/weight ratio from {sig(d.ratio)} to about {sig(d.ratio * d.factor)}"
