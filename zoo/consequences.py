@@ -78,9 +78,10 @@ def _conseq_lr_spike_mlp(logdir: Path) -> None:
       "element of the second layer's weight after optimizer step 50: the loss is NaN from then on. Divergence "
       "(a non-finite weight) leads; the NaN gradients it makes are not an explosion. A model whose weights are "
       "NaN predicts one class, so underfitting may fire too (as divergence's consequence; label corrected after "
-      "the first run).",
+      "the first run). Its fix label (clipping) was corrected to the search for the NaN's source (training_loop): "
+      "a NaN weight passes through clip_grad_norm_ as NaN.",
       must=(C.DIVERGENCE,), may=(C.UNDERFITTING,),
-      fixes={C.DIVERGENCE: (K.CLIPPING,)},
+      fixes={C.DIVERGENCE: (K.TRAINING_LOOP,)},
       arch="MLP", optimizer="Adam", data="digits")
 def _conseq_nan_weight_mlp(logdir: Path) -> None:
     m = mlp([64, 128, 64, 10])
@@ -126,9 +127,11 @@ def _conseq_unseen_lr_spike_gru(logdir: Path) -> None:
 
 @case("conseq_unseen_nan_weight_cnn_sgdm", "Two-conv CNN on digit images, SGD 0.02 + momentum 0.9, with NaN "
       "written into one element of conv2's weight after optimizer step 40. Written before its first run: "
-      "divergence must fire; a run that is NaN from step 40 on does not fit, so underfitting may fire too.",
+      "divergence must fire; a run that is NaN from step 40 on does not fit, so underfitting may fire too. Its "
+      "fix label (clipping, what the rule offered then) was corrected after its first run to the search for the "
+      "NaN's source (training_loop): clipping cannot stop a NaN weight, and the rule no longer offers it there.",
       must=(C.DIVERGENCE,), may=(C.UNDERFITTING,),
-      fixes={C.DIVERGENCE: (K.CLIPPING,)},
+      fixes={C.DIVERGENCE: (K.TRAINING_LOOP,)},
       unseen=True, arch="CNN", optimizer="SGD+momentum", data="digits")
 def _conseq_unseen_nan_weight_cnn(logdir: Path) -> None:
     m = DigitsCNN(8, 16)

@@ -99,7 +99,9 @@ def divergence(run: Run, th: Thresholds, ctx: Context) -> RuleResult:
     instead of lowering the learning rate.
 
     Fixes: a lower learning rate; gradient clipping; checking the inputs/labels of the first bad step;
-    a numerically stable loss (``nn.CrossEntropyLoss`` on logits rather than ``log(softmax)``).
+    a numerically stable loss (``nn.CrossEntropyLoss`` on logits rather than ``log(softmax)``). When the
+    gradients never grew before the NaN, only the search for where it came from: neither a lower rate nor
+    clipping stops a NaN weight or input.
     """
     code = Code.DIVERGENCE
     tl = run.metrics.get("train_loss")
@@ -402,8 +404,9 @@ def _nan_source_fix(f: Finding) -> Fix:
 
 def divergence_fixes(f: Finding, run: Run, th: Thresholds) -> list[Fix | None]:
     if isinstance(f.detail, FirstStep) and f.detail.sudden:
-        # No growth before the NaN: a smaller learning rate would not have prevented it.
-        return [_nan_source_fix(f), clip_fix(run, th, _first_step(f))]
+        # No growth before the NaN: neither a smaller learning rate nor clipping would have prevented it (a
+        # NaN weight or input passes through clip_grad_norm_ as NaN).
+        return [_nan_source_fix(f)]
     return [lr_fix(run, th.fix_lr_backoff, "the usual cause of a loss that blows up"),
             clip_fix(run, th, _first_step(f))]
 
