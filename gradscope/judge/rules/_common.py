@@ -385,11 +385,12 @@ _ACCURACY_KEYS = ("train_acc", "val_acc", "train_error", "val_error")
 
 
 def head_outputs(run: Run) -> int | None:
-    """Output units of the model's head (the last weighted layer's fan_out when it is a Linear), or None."""
-    w = weighted_layers(run)
-    if not w:
+    """Output units of the model's head (``output_layer``'s fan_out when it is a Linear, a head tied to the
+    token embedding included), or None."""
+    i = output_layer(run)
+    if i is None:
         return None
-    head = run.layers[w[-1][0]]
+    head = run.layers[i]
     return head.fan_out if head.type.lower() == "linear" and head.fan_out else None
 
 
