@@ -18,6 +18,7 @@ through ``OnOutput``, which keeps the tuple, and it gets its own remedies (ortho
 cell); widths are counted in units (hidden size, channels, ``embed_dim``), never in stacked gate rows, and a
 fused query/key/value projection is never resized on its own; a layer inside a transformer block that already
 has LayerNorm gets transformer advice (pre-LN, warmup, GPT-2 initialization), not another normalization layer.
+What kind of layer it is comes from ``_layers.py``.
 """
 
 from __future__ import annotations
@@ -34,17 +35,31 @@ from gradscope.judge.rules._common import (
     is_plain_path,
     label,
     module_path,
-    nanmedian,
     output_layer,
-    weighted_layers,
+)
+from gradscope.judge.rules._layers import (
+    RESIDUAL_PROJ,
+    SEQUENCE_TYPES,
+    TUPLE_OUTPUT,
+    attention_named,
+    block_names,
+    block_norm_units,
+    conv_dims,
+    fused_qkv,
+    hidden_layers,
+    layer_info,
+    next_layer,
+    param_expr,
+    param_path,
+    param_shape,
+    recurrent,
+    transformer_block,
+    units,
+    wrappable,
 )
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import RELU_FAMILY, LayerInfo
-
-_SEQUENCE_TYPES = ("attention", "transformer", "lstm", "gru", "rnn", "embedding")
-_TUPLE_OUTPUT = ("lstm", "gru", "rnn", "multiheadattention", "attention")   # layers whose forward returns a tuple
-
 
 
 def sig(x: float, digits: int = 2) -> str:
@@ -78,159 +93,19 @@ def suggest_max_norm(run: Run, th: Thresholds, before_step: int | None = None) -
     return float(f"{p:.2g}") if p > 0 else None
 
 
-def layer_info(run: Run, name: str) -> LayerInfo | None:
-    return next((la for la in run.layers if la.name == name), None)
-
-
-def _param_names(run: Run, la: LayerInfo) -> set[str]:
-    return set(la.params) | {p.name for p in run.params if p.layer == la.name}
-
-
-def param_expr(run: Run, la: LayerInfo, attr: str) -> str | None:
-    """Expression for the parameter ``attr`` ("weight", "bias", or the main weight's own attribute) of ``la``,
-    or None when the layer has none. Plain names give ``model.fc1.weight``; anything else goes through
-    ``model.get_parameter('...')`` with the name as a string literal."""
-    if attr == "weight":
-        full = la.weight
-        if full is None:
-            return None
-    else:
-        full = f"{la.name}.{attr}" if la.name else attr
-        if full not in _param_names(run, la):
-            return None
-    owner, _, leaf = full.rpartition(".")
-    if owner == la.name and is_plain_path(la.name) and is_plain_path(leaf) and not leaf.isdigit():
-        return f"{module_path(la.name)}.{leaf}"
-    return f"model.get_parameter({full!r})"
-
-
-def units(run: Run, la: LayerInfo) -> int | None:
-    """Output units of a layer: the recorded per-unit count (features of a Linear, channels of a convolution,
-    the hidden size of a recurrent layer), else a Linear's fan_out. Never a convolution's fan_out (channels ×
-    kernel area) or a GRU/LSTM's stacked gate rows."""
-    u = run.layer_stats.get("units")
-    if u is not None and u.size:
-        i = run.layers.index(la)
-        m = float(nanmedian(u[:, i]))
-        if np.isfinite(m) and m > 0:
-            return int(m)
-    return la.fan_out if la.type.lower() == "linear" else None
-
-
-def _conv_dims(la: LayerInfo) -> str | None:
-    """"1d"/"2d"/"3d" for torch's convolutions; None otherwise — Hugging Face's ``Conv1D`` (capital D) is a
-    Linear layer with a transposed weight, not a convolution."""
-    t = la.type
-    return t[-2:] if t.lower().startswith("conv") and t[-2:] in ("1d", "2d", "3d") else None
-
-
 def norm_layer(run: Run, la: LayerInfo) -> str | None:
     """Code for the normalization layer of ``la``'s output: BatchNorm{1,2,3}d for convolutions, LayerNorm in
     sequence models, BatchNorm1d otherwise; None when the number of units is unknown."""
     n = units(run, la)
     if not n:
         return None
-    dims = _conv_dims(la)
+    dims = conv_dims(la)
     if dims is not None:
         return f"nn.BatchNorm{dims}({n}, device=device)"
-    if any(any(k in x.type.lower() for k in _SEQUENCE_TYPES) for x in run.layers):
+    if any(any(k in x.type.lower() for k in SEQUENCE_TYPES) for x in run.layers):
         return f"nn.LayerNorm({n}, device=device)"
     return f"nn.BatchNorm1d({n}, device=device)"
 
-
-def wrappable(la: LayerInfo) -> bool:
-    """``la`` can be replaced by ``nn.Sequential(la, ...)`` in code: a plain access path, and a layer whose
-    output is one tensor (recurrent layers and attention return tuples)."""
-    t = la.type.lower()
-    return bool(la.name) and is_plain_path(la.name) and not any(k in t for k in _TUPLE_OUTPUT)
-
-
-# ---------------------------------------------------------------- what kind of layer it is (issue 11.2)
-
-_RECURRENT = {"lstm": ("nn.LSTM", 4), "gru": ("nn.GRU", 3), "rnn": ("nn.RNN", 1)}
-"""Recurrent layer types (lower-case class name) → their constructor and the gates stacked in each weight's rows
-(``weight_ih_l0`` of an LSTM is 4·hidden × input)."""
-
-
-def recurrent(la: LayerInfo) -> tuple[str, int] | None:
-    """(constructor, gates) of an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` layer, else None."""
-    return _RECURRENT.get(la.type.lower())
-
-
-_ATTENTION_PARTS = ("attn", "attention", "qkv", "query", "key", "value", "q_proj", "k_proj", "v_proj", "in_proj",
-                    "out_proj", "o_proj")
-_FUSED_QKV = ("c_attn", "qkv", "in_proj", "qkv_proj", "wqkv", "query_key_value", "to_qkv")
-_BLOCK_PARTS = _ATTENTION_PARTS + _FUSED_QKV + ("self_attn", "mlp", "ffn", "feed_forward", "c_fc", "c_proj",
-                                                "linear1", "linear2", "fc1", "fc2", "dense", "up_proj",
-                                                "down_proj", "gate_proj", "proj")
-_RESIDUAL_PROJ = ("c_proj", "out_proj", "o_proj", "linear2", "down_proj", "fc2", "proj")
-"""Last name parts of the projections that write into a transformer's residual stream."""
-
-
-def _parts(name: str) -> list[str]:
-    return [p.lower() for p in name.split(".")] if name else []
-
-
-def _attention_named(name: str) -> bool:
-    return any(any(k in p for k in ("attn", "attention")) or p in _ATTENTION_PARTS or p in _FUSED_QKV
-               for p in _parts(name))
-
-
-def _block_prefix(name: str) -> str:
-    """The module a layer's block is: its name without the trailing attention/MLP parts ("h.0.attn.c_attn" →
-    "h.0", "encoder.layers.0.linear1" → "encoder.layers.0"), else without its last part."""
-    parts = name.split(".") if name else []
-    k = len(parts)
-    while k and parts[k - 1].lower() in _BLOCK_PARTS:
-        k -= 1
-    if k == len(parts):
-        k -= 1
-    return ".".join(parts[:max(k, 0)])
-
-
-def transformer_block(run: Run, la: LayerInfo) -> str | None:
-    """The name of the transformer block ``la`` sits in, or None: a block (a module other than the root) holding
-    an ``nn.MultiheadAttention``, or attention-named layers and a normalization layer (GPT-2's ``ln_1``,
-    ``attn.c_attn``, ``mlp.c_fc``; Hugging Face's ``Conv1D`` projections). Read from the names and types the
-    header records."""
-    b = _block_prefix(la.name)
-    if not b:
-        return None
-    members = [x for x in run.layers if x.name.startswith(b + ".")]
-    own = [x for x in members if _block_prefix(x.name) == b]     # not those of a block nested inside it
-    if any(x.type == "MultiheadAttention" for x in own):
-        return b
-    attention = any(_attention_named(x.name[len(b) + 1:]) for x in own)
-    normed = any("norm" in x.type.lower() for x in members)
-    return b if attention and normed else None
-
-
-def fused_qkv(la: LayerInfo) -> bool:
-    """A fused query/key/value projection (``c_attn``, ``qkv``, ``in_proj``, ``nn.MultiheadAttention``): its
-    output is split into heads, so its width is not a free choice."""
-    return la.type == "MultiheadAttention" or (bool(la.name) and la.name.split(".")[-1].lower() in _FUSED_QKV)
-
-
-def _blocks(run: Run) -> list[str]:
-    out: list[str] = []
-    for la in run.layers:
-        b = transformer_block(run, la)
-        if b is not None and b not in out:
-            out.append(b)
-    return out
-
-
-def _param_path(full: str) -> str:
-    """Expression for the parameter called ``full`` (``model.h[0].attn.c_proj.weight``, else
-    ``model.get_parameter('...')``)."""
-    owner, _, leaf = full.rpartition(".")
-    if is_plain_path(owner) and is_plain_path(leaf) and leaf and not leaf.isdigit():
-        return f"{module_path(owner)}.{leaf}"
-    return f"model.get_parameter({full!r})"
-
-
-def _shape(run: Run, full: str) -> tuple[int, ...] | None:
-    return next((tuple(p.shape) for p in run.params if p.name == full), None)
 
 
 DEVICE_LINE = "device = next(model.parameters()).device"
@@ -260,7 +135,7 @@ def wrap_lines(la: LayerInfo, new: str, *, before: bool = False) -> list[str]:
         return [f"{path} = OnOutput({path}, {new})"]
     if not wrappable(la):
         what = new.replace(", device=device", "")
-        if any(k in la.type.lower() for k in _TUPLE_OUTPUT):
+        if any(k in la.type.lower() for k in TUPLE_OUTPUT):
             return [f"# {la.name!r} returns a tuple: in forward(), apply {what} to its "
                     f"{'input' if before else 'first output'}"]
         return [f"# wrap the layer {la.name!r} in nn.Sequential, with {what} {'before' if before else 'after'} it"]
@@ -306,7 +181,7 @@ def init_lines(run: Run, la: LayerInfo, act: str | None = None, th: Thresholds |
 
 def gpt2_init(run: Run, la: LayerInfo) -> bool:
     """``la`` is initialized as GPT-2 does: a layer of a transformer block, or an embedding of a transformer."""
-    return transformer_block(run, la) is not None or (la.type == "Embedding" and bool(_blocks(run)))
+    return transformer_block(run, la) is not None or (la.type == "Embedding" and bool(block_names(run)))
 
 
 def recurrent_init_lines(run: Run, la: LayerInfo) -> list[str]:
@@ -322,7 +197,7 @@ def recurrent_init_lines(run: Run, la: LayerInfo) -> list[str]:
     prefix = f"{la.name}." if la.name else ""
     for full in la.params:
         leaf = full[len(prefix):] if full.startswith(prefix) else full
-        path = _param_path(full)
+        path = param_path(full)
         if leaf.startswith("weight_hr"):       # an LSTM's output projection: one matrix, not stacked gates
             lines.append(f"nn.init.xavier_uniform_({path})")
         for prefix_, init in (("weight_ih", "nn.init.xavier_uniform_({})"),
@@ -343,19 +218,19 @@ def transformer_init_lines(run: Run, la: LayerInfo, th: Thresholds) -> list[str]
     ``linear2``) with σ/√(2·n_layer), biases zero; normalization layers keep their ones and zeros."""
     if "norm" in la.type.lower():
         return []
-    n_layer = max(1, len(_blocks(run)))
+    n_layer = max(1, len(block_names(run)))
     res_std = sig(th.fix_transformer_init_std / math.sqrt(2 * n_layer))
     lines: list[str] = []
     prefix = f"{la.name}." if la.name else ""
     for full in la.params:
-        shape = _shape(run, full)
-        path = _param_path(full)
+        shape = param_shape(run, full)
+        path = param_path(full)
         if (shape is not None and len(shape) < 2) or full.endswith("bias"):
             lines.append(f"nn.init.zeros_({path})")
             continue
         owner = (full[len(prefix):] if full.startswith(prefix) else full).rpartition(".")[0]
         last = (owner or la.name).split(".")[-1].lower()
-        if last in _RESIDUAL_PROJ:
+        if last in RESIDUAL_PROJ:
             lines.append(f"nn.init.normal_({path}, std={res_std})   # residual projection: "
                          f"{sig(th.fix_transformer_init_std)}/sqrt(2*{n_layer})")
         else:
@@ -454,7 +329,7 @@ def norm_fix(run: Run, names: tuple[str, ...] | list[str], why: str, th: Thresho
     inside transformer blocks get ``transformer_fix`` instead — the block has LayerNorm already."""
     head = output_layer(run)
     las0 = [la for la in named(run, names, th) if "norm" not in la.type.lower()]
-    if _blocks(run):
+    if block_names(run):
         in_block = [la for la in las0 if transformer_block(run, la) is not None]
         if in_block:
             return transformer_fix(run, [la.name for la in in_block], th)
@@ -481,7 +356,7 @@ def transformer_fix(run: Run, names: tuple[str, ...] | list[str], th: Thresholds
     learning-rate warmup over ``fix_warmup_fraction`` of the run, and clipping — not another normalization layer
     after a projection."""
     norms = [la.name for la in run.layers if "norm" in la.type.lower()
-             and any(la.name.startswith(b + ".") for b in _blocks(run))]
+             and any(la.name.startswith(b + ".") for b in block_names(run))]
     has_norm = f" (already normalized by {list_names(norms, th)})" if norms else ""
     where = list_names(list(names), th) if names else "the blocks"
     torch_layers = any(la.type == "MultiheadAttention" for la in run.layers)
@@ -574,13 +449,8 @@ def _linear(run: Run, x: LayerInfo, fan_in: int, fan_out: int) -> str:
     return f"{module_path(x.name)} = nn.Linear({fan_in}, {fan_out}{bias}, device=device)"
 
 
-def _next(run: Run, la: LayerInfo) -> LayerInfo | None:
-    i = run.layers.index(la)
-    return run.layers[i + 1] if i + 1 < len(run.layers) else None
-
-
 def _linear_pair(run: Run, la: LayerInfo, width: int) -> list[str] | None:
-    nxt = _next(run, la)
+    nxt = next_layer(run, la)
     if (la.type != "Linear" or nxt is None or nxt.type != "Linear" or not la.fan_in or not nxt.fan_out
             or nxt.fan_in != la.fan_out or not (is_plain_path(la.name) and is_plain_path(nxt.name))
             or not la.name or not nxt.name):
@@ -592,7 +462,7 @@ def _recurrent_resize(run: Run, la: LayerInfo, width: int) -> list[str] | None:
     """A recurrent layer rebuilt with ``width`` hidden units (its other settings read from the old one) and the
     Linear that reads its output given as many inputs. Only for a one-directional layer without projection
     (its weight rows are exactly gates × hidden units) whose output no other recorded layer reads."""
-    rec, u, nxt = recurrent(la), units(run, la), _next(run, la)
+    rec, u, nxt = recurrent(la), units(run, la), next_layer(run, la)
     if rec is None or not u or nxt is None or not la.name or not nxt.name:
         return None
     ctor, gates = rec
@@ -617,22 +487,6 @@ def resize_lines(run: Run, la: LayerInfo, width: int) -> list[str] | None:
     if got is None:
         return None
     return [DEVICE_LINE, *got, "# then re-create the optimizer: it holds the old layers' parameters"]
-
-
-def hidden_layers(run: Run) -> list[LayerInfo]:
-    """Weighted layers but the head (all of them when there is only one)."""
-    w = [run.layers[i] for i, _ in weighted_layers(run)]
-    return w[:-1] if len(w) > 1 else w
-
-
-def _block_norm_units(run: Run, block: str) -> int | None:
-    """The width of a transformer block's residual stream (d_model / n_embd): what its LayerNorm normalizes."""
-    for x in run.layers:
-        if x.name.startswith(block + ".") and "norm" in x.type.lower():
-            n = units(run, x)
-            if n:
-                return n
-    return None
 
 
 def width_fix(run: Run, th: Thresholds, *, grow: bool) -> Fix | None:
@@ -711,14 +565,14 @@ def _bottleneck(run: Run, hidden: list[LayerInfo]) -> tuple[LayerInfo, int] | No
 
 def _transformer_width_fix(run: Run, th: Thresholds, *, grow: bool) -> Fix:
     f = th.fix_width_factor
-    blocks = _blocks(run)
-    d = next((n for b in blocks if (n := _block_norm_units(run, b))), None)
+    blocks = block_names(run)
+    d = next((n for b in blocks if (n := block_norm_units(run, b))), None)
     pairs: list[tuple[LayerInfo, int]] = []     # the first Linear of each block's feed-forward pair, its width
     for la in run.layers:
         b = transformer_block(run, la)
-        nxt = _next(run, la)
-        if (b is None or _attention_named(la.name[len(b) + 1:]) or fused_qkv(la) or nxt is None
-                or not nxt.name.startswith(b + ".") or _attention_named(nxt.name[len(b) + 1:])):
+        nxt = next_layer(run, la)
+        if (b is None or attention_named(la.name[len(b) + 1:]) or fused_qkv(la) or nxt is None
+                or not nxt.name.startswith(b + ".") or attention_named(nxt.name[len(b) + 1:])):
             continue
         u = units(run, la)
         if u and (d is None or (la.fan_in == d and nxt.fan_out == d)) and _linear_pair(run, la, u) is not None:

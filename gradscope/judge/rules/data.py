@@ -23,15 +23,8 @@ from gradscope.judge.rules._common import (
     step_range,
     weighted_layers,
 )
-from gradscope.judge.rules._fixes import (
-    DEVICE_LINE,
-    REBUILD_OPTIMIZER,
-    layer_info,
-    recurrent,
-    sig,
-    wrap_lines,
-    wrappable,
-)
+from gradscope.judge.rules._fixes import DEVICE_LINE, REBUILD_OPTIMIZER, sig, wrap_lines
+from gradscope.judge.rules._layers import layer_info, recurrent, wrappable
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
 from gradscope.store.schema import InputStats, LayerInfo

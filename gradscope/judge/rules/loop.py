@@ -48,7 +48,8 @@ from gradscope.judge.rules._common import (
     stat,
     step_range,
 )
-from gradscope.judge.rules._fixes import layer_info, left_out, list_names, param_expr, sig
+from gradscope.judge.rules._fixes import left_out, list_names, sig
+from gradscope.judge.rules._layers import layer_info, param_expr
 from gradscope.judge.rules.fitting import error_series
 from gradscope.judge.thresholds import Thresholds
 from gradscope.store.run import Run
