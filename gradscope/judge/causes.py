@@ -147,15 +147,15 @@ def _after_spike(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
     return ch is not None and first is not None and first > ch[0]
 
 
-def _spike_undid_progress(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
-    """The spike (or step up) undid the training: the logged training or validation loss just before it (median
-    of its last ``early_min_steps`` values before it) was lower than at the end of the run (median of the last
-    ``tail_fraction`` of the values after it)."""
+def _ended_above_before(c: Finding, run: Run, th: Thresholds, keys: tuple[str, ...]) -> bool:
+    """One of the logged losses ``keys`` was lower just before the spike or step up of ``c`` (median of its last
+    ``early_min_steps`` values before it) than at the end of the run (median of the last ``tail_fraction`` of
+    the values after it); False when ``c`` names no schedule change."""
     ch = _schedule_change(c)
     if ch is None:
         return False
     _, first, last = ch
-    for key in ("train_loss", "val_loss"):
+    for key in keys:
         st, v = finite_series(run.metrics.get(key))
         pre, post = v[st < first][-th.early_min_steps:], v[st > (last if _spike(c) is not None else first - 1)]
         if pre.size and post.size and float(np.median(pre)) < float(np.median(post[tail_slice(post.size, th)])):
@@ -163,17 +163,16 @@ def _spike_undid_progress(c: Finding, e: Finding, run: Run, th: Thresholds) -> b
     return False
 
 
+def _spike_undid_progress(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
+    """The spike (or step up) undid the training: the training or validation loss ends above where it was just
+    before it (``_ended_above_before``)."""
+    return _ended_above_before(c, run, th, ("train_loss", "val_loss"))
+
+
 def _spike_broke_validation(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:
-    """The train/validation gap opened at the rate change, not by gradual memorization: the logged validation
-    loss just before the spike or step up (median of its last ``early_min_steps`` values before it) was lower
-    than at the end of the run (median of the last ``tail_fraction`` of the values after it)."""
-    ch = _schedule_change(c)
-    if ch is None:
-        return False
-    _, first, last = ch
-    st, v = finite_series(run.metrics.get("val_loss"))
-    pre, post = v[st < first][-th.early_min_steps:], v[st > (last if _spike(c) is not None else first - 1)]
-    return bool(pre.size and post.size and float(np.median(pre)) < float(np.median(post[tail_slice(post.size, th)])))
+    """The train/validation gap opened at the rate change, not by gradual memorization: the validation loss
+    ends above where it was just before the spike or step up (``_ended_above_before``)."""
+    return _ended_above_before(c, run, th, ("val_loss",))
 
 
 def _at_peak_of_large_steps(c: Finding, e: Finding, run: Run, th: Thresholds) -> bool:

@@ -497,3 +497,17 @@ def grad_to_weight_before(run: Run, first_bad: int) -> float | None:
     rel = safe_div(run.grad_norm, wn)
     keep = np.isfinite(rel) & (run.steps < first_bad)
     return float(np.max(rel[keep])) if keep.any() else None
+
+
+def falling_trend(steps: np.ndarray, values: np.ndarray, th: Thresholds) -> dict[str, float]:
+    """The robust trend of ``values`` over ``steps``: the Theil–Sen slope with its ``lr_trend_confidence``
+    interval (Sen 1968) and the one-sided Mann–Kendall test for a decrease, Kendall's tau and its p (Mann 1945;
+    Kendall 1975; p is 1 when undefined). One noisy value neither makes nor breaks it. The "still falling" and
+    "too slow" verdicts of the rules are built on it."""
+    from scipy.stats import kendalltau, theilslopes  # imported here: the rest of the judge needs only numpy
+
+    x = steps.astype(float)
+    tau, p = kendalltau(x, values, alternative="less")
+    slope, _, lo, hi = theilslopes(values, x, th.lr_trend_confidence)
+    return {"tau": float(tau), "p": float(p) if np.isfinite(p) else 1.0, "slope": float(slope),
+            "slope_low": float(lo), "slope_high": float(hi)}

@@ -500,16 +500,16 @@ def width_fix(run: Run, th: Thresholds, *, grow: bool) -> Fix | None:
         return _transformer_width_fix(run, th, grow=grow)
     la = hidden[0] if hidden else None
     width = units(run, la) if la is not None else None
-    head = output_layer(run)
-    if grow and la is not None and head is not None and la is run.layers[head]:
+    head = run.layers[i] if (i := output_layer(run)) is not None else None
+    if grow and la is not None and la is head:
         return _hidden_layer_fix(run, la, th)
-    neck = _bottleneck(run, hidden) if grow else None
+    outs = units(run, head) if head is not None else None
+    neck = _bottleneck(run, [x for x in hidden if x is not head], outs) if grow else None
     if neck is not None:
         la, width = neck
     if la is None or not width:
         return Fix(FixKind.CAPACITY, "Use a bigger or deeper model (more units, more layers)", "") if grow else None
     new = width * f if grow else max(1, width // f)
-    outs = _outputs(run)
     why = ""
     if neck is not None and outs:
         new = max(new, outs)
@@ -545,18 +545,10 @@ def _hidden_layer_fix(run: Run, la: LayerInfo, th: Thresholds) -> Fix:
                                  f"ReLU before the output", code)
 
 
-def _outputs(run: Run) -> int | None:
-    """The model's output width (the head's units), when known."""
-    head = output_layer(run)
-    return units(run, run.layers[head]) if head is not None else None
-
-
-def _bottleneck(run: Run, hidden: list[LayerInfo]) -> tuple[LayerInfo, int] | None:
-    """The narrowest hidden layer when it is narrower than the model's outputs (a 2-unit layer before a
-    10-class head caps what any training can reach: the architecture alone shows it), else None."""
-    outs = _outputs(run)
-    head = output_layer(run)
-    widths = [(la, w) for la in hidden if (w := units(run, la)) and (head is None or la is not run.layers[head])]
+def _bottleneck(run: Run, hidden: list[LayerInfo], outs: int | None) -> tuple[LayerInfo, int] | None:
+    """The narrowest of the ``hidden`` layers when it is narrower than the model's ``outs`` outputs (a 2-unit
+    layer before a 10-class head caps what any training can reach: the architecture alone shows it)."""
+    widths = [(la, w) for la in hidden if (w := units(run, la))]
     if not outs or not widths:
         return None
     la, w = min(widths, key=lambda p: p[1])

@@ -31,6 +31,7 @@ from gradscope.judge.rules._common import (
     RuleResult,
     current_lr,
     early_count,
+    falling_trend,
     finite_series,
     fmt_num,
     fmt_steps,
@@ -330,14 +331,9 @@ def end_trend(run: Run, th: Thresholds) -> dict[str, float | bool] | None:
         st, v = st[half:], v[half:]
     if v.size < th.lr_trend_min_points or np.ptp(st) <= 0:
         return None
-    from scipy.stats import kendalltau, theilslopes  # imported here: the rest of the judge needs only numpy
-
-    x = st.astype(float)
-    slope, _, lo, hi = theilslopes(v, x, th.lr_trend_confidence)
-    _, p = kendalltau(x, v, alternative="less")
-    p = float(p) if np.isfinite(p) else 1.0
-    return {"falling": bool(hi < 0 and p < th.lr_trend_p), "slope": float(slope), "slope_low": float(lo),
-            "slope_high": float(hi), "p": p, "points": int(v.size)}
+    t = falling_trend(st, v, th)
+    return {"falling": bool(t["slope_high"] < 0 and t["p"] < th.lr_trend_p), "slope": t["slope"],
+            "slope_low": t["slope_low"], "slope_high": t["slope_high"], "p": t["p"], "points": int(v.size)}
 
 
 def _trend_text(trend: dict[str, float | bool], th: Thresholds) -> str:

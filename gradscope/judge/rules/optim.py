@@ -18,6 +18,7 @@ from gradscope.judge.rules._common import (
     RuleResult,
     current_lr,
     early_count,
+    falling_trend,
     finite_series,
     fmt_num,
     fmt_steps,
@@ -578,21 +579,16 @@ def _slow_steady_progress(run: Run, th: Thresholds) -> dict[str, float] | None:
     interval lies below zero, and the loss fell by less than ``lr_slow_max_drop`` of its early level over the
     run. None otherwise (too few points, a plateau, noise, or real progress). Robust statistics, so one noisy
     epoch neither makes nor breaks the trend (Sen 1968; Mann 1945; Kendall 1975)."""
-    from scipy.stats import kendalltau, theilslopes  # imported here: the rest of the judge needs only numpy
-
     st, v = finite_series(run.metrics.get("train_loss"))
     if v.size < th.lr_trend_min_points or not (v > 0).all():
         return None
-    x = st.astype(float)
-    tau, p = kendalltau(x, v, alternative="less")
-    slope, _, lo, hi = theilslopes(v, x, th.lr_trend_confidence)
+    t = falling_trend(st, v, th)
     k = early_count(v.size, th)
     start, end = float(np.median(v[:k])), float(np.median(v[tail_slice(v.size, th)]))
     drop = 1.0 - end / start
-    if not (np.isfinite(p) and p < th.lr_trend_p and hi < 0 and drop < th.lr_slow_max_drop):
+    if not (t["p"] < th.lr_trend_p and t["slope_high"] < 0 and drop < th.lr_slow_max_drop):
         return None
-    return {"tau": float(tau), "p": float(p), "slope": float(slope), "slope_low": float(lo), "slope_high": float(hi),
-            "drop": drop, "start": start, "end": end, "span": float(x[-1] - x[0])}
+    return {**t, "drop": drop, "start": start, "end": end, "span": float(st[-1] - st[0])}
 
 
 def _too_low_by_progress(run: Run, th: Thresholds, ratio: float, per_layer: np.ndarray, target: float,
