@@ -219,22 +219,23 @@ def test_skips_between_recorded_steps_are_the_scalers_not_divergence(tmp_path: P
     passed, so the reader knows that every such step was a skip, and no divergence is reported."""
     from gradscope.judge.diagnose import diagnose
 
-    # A scale that grows every other step overflows on steps 14, 19, 20, 25 and 26; steps 0, 6, ... are recorded.
-    model, scaler = _mlp(), torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+    # Steps 0, 6, 12, ... are recorded; steps 9 and 15 overflow on purpose (their loss × 1e30 has no fp16
+    # gradient), whatever the CPU's rounding, and the scale never grows into an overflow of its own.
+    model, scaler = _mlp(), torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10**6)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with gradscope.watch(model, tmp_path, every=6, warmup=0, tensorboard=False, scaler=scaler,
                          optimizer=opt) as scope:
-        for x, y in _data(30):
+        for step, (x, y) in enumerate(_data(30)):
             opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.float16):
                 loss = F.cross_entropy(model(x), y)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * (1e30 if step in (9, 15) else 1.0)).backward()
             scaler.step(opt)
             scaler.update()
             scope.log(train_loss=loss.item())
     run = load_run(tmp_path)
     assert run.header is not None and run.header.extra["amp_scaler"] is True
     nan_steps = set(run.all_steps[~np.isfinite(run.all_grad_norm)].tolist())
-    assert nan_steps and not run.skipped.any(), "the test needs skips between recorded steps only"
+    assert nan_steps == {9, 15} and not run.skipped.any(), "the test needs skips between recorded steps only"
     codes = {f.code.value for f in diagnose(run).findings}
     assert "divergence" not in codes
