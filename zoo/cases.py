@@ -2081,9 +2081,11 @@ def _i11_moe_starved(logdir: Path) -> None:
     fit(m, torch.optim.Adam(m.parameters(), 3e-3), digits(seed=78), logdir, epochs=6, batch=16, seed=78)
 
 
-@case("i11_healthy_moe_8_experts_sgdm", "Top-1 mixture of 8 ReLU experts (hidden 16) over digit tokens, SGD+momentum "
-      "0.05: the router leaves the last expert idle on a third of the steps.",
-      arch="MoE (top-1, starved expert)", optimizer="SGD+momentum", data="digits")
+@case("i11_moe_8_experts_sgdm", "Top-1 mixture of 8 ReLU experts (hidden 16) over digit tokens, SGD+momentum "
+      "0.05: the router leaves the last expert idle on a third of the steps. It ends at 36% training error (an "
+      "underfitting info here, 9 points from the warning line on a run with gradient spikes), so underfitting is "
+      "allowed: on another CPU's rounding it may cross. What the case checks: no dead_relu on idle experts.",
+      may=(C.UNDERFITTING,), arch="MoE (top-1, starved expert)", optimizer="SGD+momentum", data="digits")
 def _i11_moe_8(logdir: Path) -> None:
     m = TokenMoE(experts=8, hidden=16)
     fit(m, torch.optim.SGD(m.parameters(), 0.05, momentum=0.9), digits(seed=79), logdir, epochs=6, batch=32,
