@@ -450,10 +450,14 @@ def _linear(run: Run, x: LayerInfo, fan_in: int, fan_out: int) -> str:
 
 
 def _linear_pair(run: Run, la: LayerInfo, width: int) -> list[str] | None:
+    """``la`` and the Linear that reads its output, both rebuilt around ``width`` units; None unless that reader
+    is certain enough: the next layer in the header, a Linear of the matching fan-in, under the same parent
+    module (header order alone is not dataflow: a mixture-of-experts router is followed by an expert's first
+    layer that never reads it)."""
     nxt = next_layer(run, la)
     if (la.type != "Linear" or nxt is None or nxt.type != "Linear" or not la.fan_in or not nxt.fan_out
             or nxt.fan_in != la.fan_out or not (is_plain_path(la.name) and is_plain_path(nxt.name))
-            or not la.name or not nxt.name):
+            or not la.name or not nxt.name or la.name.rpartition(".")[0] != nxt.name.rpartition(".")[0]):
         return None
     return [_linear(run, la, la.fan_in, width), _linear(run, nxt, width, nxt.fan_out)]
 
